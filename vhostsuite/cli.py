@@ -1,0 +1,145 @@
+"""The command line every back-end shares (QEMU's "Back-end program conventions").
+
+``--socket-path`` (we listen, serve one front-end) or ``--fd`` (an already connected socket,
+as libvirt passes it), ``--print-capabilities``, logging on stderr, SIGTERM ends the program
+with status 0 and removes the socket file we created. A front-end hang-up ends it with status
+0 too, as QEMU's own back-ends do. Device modules add their options and hand over a factory.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import socket
+import stat
+import sys
+from collections.abc import Callable, Sequence
+
+from . import __version__
+
+log = logging.getLogger("vhostsuite")
+
+EXIT_OK = 0
+EXIT_FAILURE = 1
+EXIT_USAGE = 2
+
+
+class StartupError(Exception):
+    """Something the program needs can't be had: exit early with status != 0 and this message."""
+
+
+def make_parser(prog: str, description: str, epilog: str | None = None) -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog=prog,
+        description=description,
+        epilog=epilog,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    conn = p.add_argument_group("connection (exactly one)")
+    conn.add_argument("--socket-path", metavar="PATH", help="listen on this UNIX socket for one front-end")
+    conn.add_argument(
+        "--fd", metavar="FDNUM", type=int, help="serve the already connected socket FDNUM (as libvirt passes it)"
+    )
+    p.add_argument(
+        "--print-capabilities",
+        action="store_true",
+        help="print the capabilities JSON on stdout and exit 0, ignoring other options",
+    )
+    p.add_argument("-v", "--verbose", action="count", default=0, help="more logging on stderr (-vv: debug)")
+    p.add_argument("-q", "--quiet", action="store_true", help="log errors only")
+    p.add_argument("-V", "--version", action="version", version=f"%(prog)s (vhostsuite) {__version__}")
+    return p
+
+
+def wants_capabilities(argv: Sequence[str]) -> bool:
+    """``--print-capabilities`` ignores every other option, even invalid ones."""
+    return "--print-capabilities" in argv
+
+
+def print_capabilities(backend_type: str, features: list[str]) -> int:
+    sys.stdout.write(json.dumps({"type": backend_type, "features": features}) + "\n")
+    sys.stdout.flush()
+    return EXIT_OK
+
+
+def setup_logging(prog: str, verbose: int, quiet: bool) -> None:
+    level = logging.ERROR if quiet else (logging.WARNING, logging.INFO, logging.DEBUG)[min(verbose, 2)]
+    logging.basicConfig(level=level, format=f"{prog}: %(levelname)s: %(message)s", stream=sys.stderr)
+
+
+def check_connection_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    if (args.socket_path is None) == (args.fd is None):
+        parser.error("exactly one of --socket-path and --fd is required")
+
+
+def socket_from_fd(fd: int) -> socket.socket:
+    """The connected stream socket *fd*, or StartupError saying why it is not usable."""
+    try:
+        st = os.fstat(fd)
+    except OSError as e:
+        raise StartupError(f"--fd={fd}: {e.strerror}") from None
+    if not stat.S_ISSOCK(st.st_mode):
+        raise StartupError(f"--fd={fd} is not a socket")
+    sock = socket.socket(fileno=fd)
+    if sock.family != socket.AF_UNIX or sock.type != socket.SOCK_STREAM:
+        sock.detach()
+        raise StartupError(f"--fd={fd} is not a UNIX stream socket")
+    if sock.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN):
+        sock.detach()
+        raise StartupError(f"--fd={fd} is a listening socket; --fd takes an already connected one")
+    return sock
+
+
+def listen(path: str) -> socket.socket:
+    """Listen on *path*; a stale socket file there is replaced, anything else is an error."""
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        pass
+    except OSError as e:
+        raise StartupError(f"--socket-path={path}: {e.strerror}") from None
+    else:
+        if not stat.S_ISSOCK(st.st_mode):
+            raise StartupError(f"--socket-path={path} exists and is not a socket")
+        probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            probe.connect(path)
+        except OSError:
+            os.unlink(path)  # nobody listens there: a leftover
+        else:
+            raise StartupError(f"--socket-path={path}: another program is listening there")
+        finally:
+            probe.close()
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        sock.bind(path)
+        sock.listen(1)
+    except OSError as e:
+        sock.close()
+        raise StartupError(f"--socket-path={path}: {e.strerror}") from None
+    return sock
+
+
+def run(
+    prog: str,
+    parser: argparse.ArgumentParser,
+    argv: Sequence[str] | None,
+    capabilities: Callable[[], tuple[str, list[str]]],
+    make_device: Callable[[argparse.Namespace], object],
+) -> int:
+    """Parse, then serve. *make_device* may raise StartupError for options this host can't honour."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if wants_capabilities(argv):
+        return print_capabilities(*capabilities())
+    args = parser.parse_args(argv)
+    check_connection_args(parser, args)
+    setup_logging(prog, args.verbose, args.quiet)
+    from .server import serve  # the serving machinery is only imported when we serve
+
+    try:
+        return serve(args, make_device)
+    except StartupError as e:
+        log.error("%s", e)
+        return EXIT_FAILURE

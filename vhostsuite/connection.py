@@ -1,0 +1,549 @@
+"""One vhost-user connection, back-end side: reads messages with their fds, keeps the
+feature, memory and ring state, applies the reply rules, and drives the device.
+
+Ring states follow the spec: each ring is stopped and disabled at first; it starts when
+its kick fd is set or signalled and stops at GET_VRING_BASE; it is processed only while
+started, enabled and mapped. While every ring is stopped the device writes no guest memory
+and sends nothing.
+"""
+
+from __future__ import annotations
+
+import array
+import logging
+import os
+import socket
+from dataclasses import dataclass
+
+from . import protocol as P
+from .device import Device
+from .errors import GuestMemoryError, RingError
+from .loop import Loop, drain_eventfd, signal_eventfd
+from .memory import GuestMemory, Region, close_fds
+from .ring import Virtqueue, ring_sizes
+from .virtio import (
+    VIRTIO_CONFIG_S_NEEDS_RESET,
+    VIRTIO_F_VERSION_1,
+    VIRTIO_RING_F_EVENT_IDX,
+    VIRTIO_RING_F_INDIRECT_DESC,
+    bit,
+)
+
+log = logging.getLogger("vhostsuite.connection")
+
+#: Protocol features this core implements (and so may advertise).
+SUPPORTED_PROTOCOL_FEATURES = (
+    bit(P.ProtocolFeature.MQ)
+    | bit(P.ProtocolFeature.REPLY_ACK)
+    | bit(P.ProtocolFeature.BACKEND_REQ)
+    | bit(P.ProtocolFeature.CONFIG)
+    | bit(P.ProtocolFeature.RESET_DEVICE)
+    | bit(P.ProtocolFeature.CONFIGURE_MEM_SLOTS)
+    | bit(P.ProtocolFeature.STATUS)
+)
+
+#: Transport features every device offers: the core handles indirect chains and event-idx.
+CORE_FEATURES = (
+    bit(VIRTIO_F_VERSION_1)
+    | bit(VIRTIO_RING_F_INDIRECT_DESC)
+    | bit(VIRTIO_RING_F_EVENT_IDX)
+    | bit(P.VHOST_USER_F_PROTOCOL_FEATURES)
+)
+
+#: How long the rest of a message may take to arrive once its header did.
+PAYLOAD_TIMEOUT = 5.0
+
+_CMSG_SPACE = socket.CMSG_SPACE(P.MAX_FDS * array.array("i").itemsize)
+
+
+class Disconnected(Exception):
+    """The front-end hung up (the normal end of a back-end's life)."""
+
+
+class FatalProtocolError(Exception):
+    """The stream can't be trusted any more (e.g. an oversized or truncated message)."""
+
+
+class Failed(Exception):
+    """A message that is refused: answered with a failure status where one is expected."""
+
+
+@dataclass
+class Vring:
+    index: int
+    num: int = 0
+    addr: P.VringAddr | None = None
+    base: int = 0
+    kick_fd: int | None = None
+    call_fd: int | None = None
+    err_fd: int | None = None
+    started: bool = False
+    enabled: bool = False
+    vq: Virtqueue | None = None
+    broken: bool = False
+
+
+class Connection:
+    """Serves one front-end on *sock* for *device* until the front-end hangs up."""
+
+    def __init__(self, sock: socket.socket, device: Device, loop: Loop) -> None:
+        self.sock = sock
+        self.device = device
+        self.loop = loop
+        self.mem = GuestMemory(max_regions=P.MAX_MEM_SLOTS)
+        self.features = 0
+        self.protocol_features = 0
+        self.status = 0
+        self.owner = False
+        self.backend_req: socket.socket | None = None
+        self.rings = [Vring(i) for i in range(device.num_queues)]
+        self.closed = False
+        sock.setblocking(True)
+        device.attach(self)
+
+    # -- DeviceContext -------------------------------------------------------------
+    def queue(self, index: int) -> Virtqueue | None:
+        if not 0 <= index < len(self.rings):
+            return None
+        ring = self.rings[index]
+        if ring.started and ring.enabled and not ring.broken and self._materialize(ring):
+            return ring.vq
+        return None
+
+    def notify(self, index: int) -> None:
+        ring = self.rings[index]
+        vq = ring.vq
+        if vq is None or not ring.started or ring.call_fd is None:
+            return
+        if vq.need_notify():
+            signal_eventfd(ring.call_fd)
+
+    def mark_broken(self, reason: str, index: int | None = None) -> None:
+        log.error("device broken: %s", reason)
+        self.status |= VIRTIO_CONFIG_S_NEEDS_RESET
+        rings = self.rings if index is None else [self.rings[index]]
+        for ring in rings:
+            ring.broken = True
+            ring.vq = None
+            if ring.err_fd is not None:
+                signal_eventfd(ring.err_fd)
+            if ring.kick_fd is not None:
+                self.loop.remove_reader(ring.kick_fd)
+
+    def config_changed(self) -> bool:
+        if self.backend_req is None or not self._proto(P.ProtocolFeature.BACKEND_REQ):
+            return False
+        try:
+            self.backend_req.sendall(P.encode(P.BackendRequest.CONFIG_CHANGE_MSG))
+            return True
+        except OSError as e:
+            log.warning("config change notification failed: %s", e)
+            return False
+
+    # -- reading -------------------------------------------------------------------
+    def on_readable(self) -> None:
+        """The socket is readable: read and handle exactly one message."""
+        msg = self._read_message()
+        self.handle(msg)
+
+    def _read_message(self) -> P.Message:
+        try:
+            data, ancdata, msg_flags, _ = self.sock.recvmsg(P.HEADER.size, _CMSG_SPACE, socket.MSG_CMSG_CLOEXEC)
+        except ConnectionResetError as e:
+            raise Disconnected() from e
+        fds = _fds_from_ancdata(ancdata)
+        if not data:
+            close_fds(fds)
+            raise Disconnected()
+        try:
+            if msg_flags & socket.MSG_CTRUNC:
+                raise FatalProtocolError(f"message carries more than {P.MAX_FDS} fds")
+            if len(data) < P.HEADER.size:
+                data += self._recv_exact(P.HEADER.size - len(data))
+            request, flags, size = P.HEADER.unpack(data)
+            if size > P.MAX_PAYLOAD_SIZE:
+                raise FatalProtocolError(f"message {request} with a payload of {size} bytes")
+            if flags & P.VERSION_MASK != P.VERSION:
+                raise FatalProtocolError(f"message {request} with version {flags & P.VERSION_MASK}")
+            payload = self._recv_exact(size) if size else b""
+        except BaseException:
+            close_fds(fds)
+            raise
+        return P.Message(request, flags, payload, tuple(fds))
+
+    def _recv_exact(self, n: int) -> bytes:
+        buf = bytearray()
+        self.sock.settimeout(PAYLOAD_TIMEOUT)
+        try:
+            while len(buf) < n:
+                try:
+                    chunk = self.sock.recv(n - len(buf))
+                except TimeoutError:
+                    raise FatalProtocolError(
+                        f"message truncated: {len(buf)} of {n} bytes after {PAYLOAD_TIMEOUT}s"
+                    ) from None
+                except ConnectionResetError:
+                    raise Disconnected() from None
+                if not chunk:
+                    raise Disconnected()
+                buf += chunk
+        finally:
+            self.sock.settimeout(None)
+        return bytes(buf)
+
+    def _reply(self, request: int, payload: bytes = b"") -> None:
+        try:
+            self.sock.sendall(P.encode_reply(request, payload))
+        except OSError as e:
+            raise Disconnected() from e
+
+    # -- dispatch ------------------------------------------------------------------
+    def handle(self, msg: P.Message) -> None:
+        """Handle one message and send what the reply rules ask for. Never lets a bad message crash us."""
+        fds = list(msg.fds)
+        log.debug("<- %s flags=%#x size=%d fds=%d", msg.name, msg.flags, len(msg.payload), len(fds))
+        handler = getattr(self, f"_do_{msg.name.lower()}", None)
+        ok = True
+        reply: bytes | None = None
+        try:
+            if handler is None:
+                if self.device.vhost_request(msg.request, msg.payload, fds):
+                    fds = []
+                else:
+                    raise Failed(f"unsupported message {msg.name}")
+            else:
+                reply = handler(msg.payload, fds)
+        except (Failed, P.ProtocolError, GuestMemoryError, ValueError) as e:
+            ok = False
+            log.error("%s refused: %s", msg.name, e)
+        except (Disconnected, FatalProtocolError):
+            raise
+        except Exception:
+            ok = False
+            log.exception("%s failed", msg.name)
+        finally:
+            close_fds(fds)  # handlers pop the fds they keep
+        if msg.request in P.HAS_REPLY:
+            if reply is None:
+                reply = b"" if msg.request == P.Request.GET_CONFIG else P.U64.pack(0 if ok else 1)
+            self._reply(msg.request, reply)
+        elif msg.need_reply:
+            self._reply(msg.request, P.U64.pack(0 if ok else 1))
+
+    # -- helpers -------------------------------------------------------------------
+    def _proto(self, feature: int) -> bool:
+        return bool(self.protocol_features & bit(feature))
+
+    def _ring(self, index: int) -> Vring:
+        if not 0 <= index < len(self.rings):
+            raise Failed(f"queue {index} does not exist (device has {len(self.rings)})")
+        return self.rings[index]
+
+    @staticmethod
+    def _take_fd(fds: list[int], want: bool, what: str) -> int | None:
+        if want and len(fds) != 1:
+            raise Failed(f"{what} needs exactly one fd, got {len(fds)}")
+        if not want and fds:
+            raise Failed(f"{what} carries {len(fds)} unexpected fds")
+        return fds.pop() if want else None
+
+    def _materialize(self, ring: Vring) -> bool:
+        """Build the ring's Virtqueue from its addresses; a bad ring marks the device broken."""
+        if ring.vq is not None:
+            return True
+        if ring.addr is None or ring.num == 0 or len(self.mem) == 0:
+            return False
+        dsize, asize, usize = ring_sizes(ring.num)
+        try:
+            ring.vq = Virtqueue(
+                self.mem,
+                ring.num,
+                self.mem.uva_view(ring.addr.desc_user_addr, dsize),
+                self.mem.uva_view(ring.addr.avail_user_addr, asize),
+                self.mem.uva_view(ring.addr.used_user_addr, usize),
+                ring.base,
+                bool(self.features & bit(VIRTIO_RING_F_EVENT_IDX)),
+            )
+        except (GuestMemoryError, RingError) as e:
+            self.mark_broken(f"queue {ring.index}: {e}", ring.index)
+            return False
+        return True
+
+    def _drop_vq(self, ring: Vring) -> None:
+        if ring.vq is not None:
+            ring.base = ring.vq.last_avail_idx
+            ring.vq = None
+
+    def _run_queue(self, ring: Vring) -> None:
+        if self.queue(ring.index) is None:
+            return
+        try:
+            self.device.queue_ready(ring.index)
+        except RingError as e:
+            self.mark_broken(f"queue {ring.index}: {e}", ring.index)
+            return
+        except (Disconnected, FatalProtocolError):
+            raise
+        except Exception as e:
+            log.exception("device failed on queue %d", ring.index)
+            self.mark_broken(f"queue {ring.index}: internal error {e!r}", ring.index)
+            return
+        self.notify(ring.index)
+
+    def _on_kick(self, ring: Vring) -> None:
+        if ring.kick_fd is None:
+            return
+        drain_eventfd(ring.kick_fd)
+        ring.started = True
+        self._run_queue(ring)
+
+    def _close_ring_fds(self, ring: Vring) -> None:
+        if ring.kick_fd is not None:
+            self.loop.remove_reader(ring.kick_fd)
+        close_fds([fd for fd in (ring.kick_fd, ring.call_fd, ring.err_fd) if fd is not None])
+        ring.kick_fd = ring.call_fd = ring.err_fd = None
+
+    def _reset_rings(self) -> None:
+        for ring in self.rings:
+            if ring.started:
+                self.device.queue_stopped(ring.index)
+            self._close_ring_fds(ring)
+            self.rings[ring.index] = Vring(ring.index)
+
+    def _reset_device(self) -> None:
+        self._reset_rings()
+        self.status = 0
+        self.features = 0
+        self.device.reset()
+
+    def close(self) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        self._reset_rings()
+        self.loop.remove_reader(self.sock.fileno())
+        if self.backend_req is not None:
+            self.backend_req.close()
+            self.backend_req = None
+        self.mem.clear()
+        self.sock.close()
+
+    # -- messages ------------------------------------------------------------------
+    def _do_get_features(self, payload: bytes, fds: list[int]) -> bytes:
+        return P.U64.pack(CORE_FEATURES | self.device.device_features)
+
+    def _do_set_features(self, payload: bytes, fds: list[int]) -> None:
+        features = P.decode_u64(payload)
+        offered = CORE_FEATURES | self.device.device_features
+        if features & ~offered:
+            # QEMU passes on what the guest acked for vhost-user-gpu, which can include
+            # transport bits we did not offer; accept them but say so.
+            log.info("front-end acked features we did not offer: %#x", features & ~offered)
+        if not features & bit(VIRTIO_F_VERSION_1):
+            raise Failed("VIRTIO_F_VERSION_1 not acked: legacy devices are not supported")
+        self.features = features
+        self.device.set_features(features & ~bit(P.VHOST_USER_F_PROTOCOL_FEATURES))
+        if not features & bit(P.VHOST_USER_F_PROTOCOL_FEATURES):
+            for ring in self.rings:  # no SET_VRING_ENABLE will come: rings are enabled at once
+                ring.enabled = True
+        for ring in self.rings:  # event-idx may have changed
+            self._drop_vq(ring)
+
+    def _do_get_protocol_features(self, payload: bytes, fds: list[int]) -> bytes:
+        return P.U64.pack(SUPPORTED_PROTOCOL_FEATURES)
+
+    def _do_set_protocol_features(self, payload: bytes, fds: list[int]) -> None:
+        features = P.decode_u64(payload)
+        if features & ~SUPPORTED_PROTOCOL_FEATURES:
+            raise Failed(f"protocol features {features & ~SUPPORTED_PROTOCOL_FEATURES:#x} were not offered")
+        self.protocol_features = features
+
+    def _do_set_owner(self, payload: bytes, fds: list[int]) -> None:
+        self.owner = True
+
+    def _do_reset_owner(self, payload: bytes, fds: list[int]) -> None:
+        self.owner = False
+        self._reset_device()
+
+    def _do_reset_device(self, payload: bytes, fds: list[int]) -> None:
+        self._reset_device()
+
+    def _do_get_queue_num(self, payload: bytes, fds: list[int]) -> bytes:
+        return P.U64.pack(len(self.rings))
+
+    def _do_get_max_mem_slots(self, payload: bytes, fds: list[int]) -> bytes:
+        return P.U64.pack(P.MAX_MEM_SLOTS)
+
+    def _do_set_mem_table(self, payload: bytes, fds: list[int]) -> None:
+        regions = P.decode_mem_table(payload)
+        if len(fds) != len(regions):
+            raise Failed(f"{len(regions)} regions but {len(fds)} fds")
+        mapped = GuestMemory(max_regions=P.MAX_MEM_SLOTS)
+        try:
+            for desc, fd in zip(regions, fds, strict=True):
+                mapped.add(Region.map(desc, fd))
+        except GuestMemoryError:
+            mapped.clear()
+            raise
+        for ring in self.rings:
+            self._drop_vq(ring)
+        self.mem.clear()
+        self.mem = mapped
+        self._restart_started_rings()
+
+    def _do_add_mem_reg(self, payload: bytes, fds: list[int]) -> None:
+        desc = P.decode_single_region(payload)
+        fd = self._take_fd(fds, True, "ADD_MEM_REG")
+        try:
+            region = Region.map(desc, fd)
+        finally:
+            close_fds([fd])
+        try:
+            self.mem.add(region)
+        except GuestMemoryError:
+            region.release()
+            raise
+        for ring in self.rings:
+            self._drop_vq(ring)
+        self._restart_started_rings()
+
+    def _do_rem_mem_reg(self, payload: bytes, fds: list[int]) -> None:
+        desc = P.decode_single_region(payload)
+        for ring in self.rings:
+            self._drop_vq(ring)
+        if not self.mem.remove(desc):
+            raise Failed(f"no region at gpa {desc.guest_phys_addr:#x} size {desc.memory_size:#x}")
+
+    def _restart_started_rings(self) -> None:
+        for ring in self.rings:
+            if ring.started and ring.enabled and not ring.broken:
+                self._run_queue(ring)
+
+    def _do_set_vring_num(self, payload: bytes, fds: list[int]) -> None:
+        index, num = P.decode_vring_state(payload)
+        ring = self._ring(index)
+        if not 1 <= num <= self.device.max_queue_size or num & (num - 1):
+            raise Failed(f"queue {index} size {num} is not a power of 2 in 1..{self.device.max_queue_size}")
+        if ring.started:
+            raise Failed(f"queue {index} is started")
+        ring.num = num
+        ring.vq = None
+
+    def _do_set_vring_addr(self, payload: bytes, fds: list[int]) -> None:
+        addr = P.decode_vring_addr(payload)
+        ring = self._ring(addr.index)
+        if ring.started and ring.vq is not None:
+            self._drop_vq(ring)
+        ring.addr = addr
+        ring.broken = False
+        ring.vq = None
+
+    def _do_set_vring_base(self, payload: bytes, fds: list[int]) -> None:
+        index, base = P.decode_vring_state(payload)
+        ring = self._ring(index)
+        if ring.started:
+            raise Failed(f"queue {index} is started")
+        ring.base = base & 0xFFFF
+        ring.vq = None
+
+    def _do_get_vring_base(self, payload: bytes, fds: list[int]) -> bytes:
+        index, _ = P.decode_vring_state(payload)
+        ring = self._ring(index)
+        if ring.started:
+            self.device.queue_stopped(index)
+        self._drop_vq(ring)
+        ring.started = False
+        if ring.kick_fd is not None:
+            self.loop.remove_reader(ring.kick_fd)
+            close_fds([ring.kick_fd])
+            ring.kick_fd = None
+        return P.VRING_STATE.pack(index, ring.base)
+
+    def _vring_fd(self, payload: bytes, fds: list[int], what: str) -> tuple[Vring, int | None]:
+        index, has_fd = P.vring_fd_index(payload)
+        ring = self._ring(index)
+        return ring, self._take_fd(fds, has_fd, what)
+
+    def _do_set_vring_kick(self, payload: bytes, fds: list[int]) -> None:
+        ring, fd = self._vring_fd(payload, fds, "SET_VRING_KICK")
+        if ring.kick_fd is not None:
+            self.loop.remove_reader(ring.kick_fd)
+            close_fds([ring.kick_fd])
+        ring.kick_fd = fd
+        if fd is None:
+            raise Failed("polling rings without a kick fd is not supported")
+        os.set_blocking(fd, False)
+        self.loop.add_reader(fd, lambda: self._on_kick(ring))
+        ring.started = True
+        ring.broken = False
+        self._run_queue(ring)
+
+    def _do_set_vring_call(self, payload: bytes, fds: list[int]) -> None:
+        ring, fd = self._vring_fd(payload, fds, "SET_VRING_CALL")
+        if ring.call_fd is not None:
+            close_fds([ring.call_fd])
+        ring.call_fd = fd
+        if fd is not None and ring.started and ring.vq is not None:
+            signal_eventfd(fd)  # an interrupt may have gone to the old fd
+
+    def _do_set_vring_err(self, payload: bytes, fds: list[int]) -> None:
+        ring, fd = self._vring_fd(payload, fds, "SET_VRING_ERR")
+        if ring.err_fd is not None:
+            close_fds([ring.err_fd])
+        ring.err_fd = fd
+
+    def _do_set_vring_enable(self, payload: bytes, fds: list[int]) -> None:
+        index, enable = P.decode_vring_state(payload)
+        ring = self._ring(index)
+        if enable not in (0, 1):
+            raise Failed(f"SET_VRING_ENABLE with {enable}")
+        ring.enabled = bool(enable)
+        if ring.enabled:
+            self._run_queue(ring)
+
+    def _do_get_config(self, payload: bytes, fds: list[int]) -> bytes:
+        offset, size, flags, _ = P.decode_config(payload)
+        data = self.device.get_config(offset, size)
+        if len(data) != size:
+            raise Failed(f"config read of {size} bytes at {offset} gave {len(data)}")
+        return P.encode_config(offset, data, flags)
+
+    def _do_set_config(self, payload: bytes, fds: list[int]) -> None:
+        offset, size, flags, data = P.decode_config(payload)
+        self.device.set_config(offset, data)
+
+    def _do_set_backend_req_fd(self, payload: bytes, fds: list[int]) -> None:
+        fd = self._take_fd(fds, True, "SET_BACKEND_REQ_FD")
+        try:
+            sock = socket.socket(fileno=fd)
+        except OSError as e:
+            close_fds([fd])
+            raise Failed(f"backend request fd is not a socket: {e}") from e
+        if self.backend_req is not None:
+            self.backend_req.close()
+        self.backend_req = sock
+
+    def _do_set_status(self, payload: bytes, fds: list[int]) -> None:
+        status = P.decode_u64(payload) & 0xFF
+        if status == 0 and self.status != 0:
+            self.device.reset()
+        self.status = status | (self.status & VIRTIO_CONFIG_S_NEEDS_RESET if status else 0)
+
+    def _do_get_status(self, payload: bytes, fds: list[int]) -> bytes:
+        return P.U64.pack(self.status)
+
+    def _do_set_vring_endian(self, payload: bytes, fds: list[int]) -> None:
+        raise Failed("only little-endian (VERSION_1) rings are supported")
+
+    def _do_set_log_base(self, payload: bytes, fds: list[int]) -> None:
+        raise Failed("dirty logging (migration) is not supported")
+
+
+def _fds_from_ancdata(ancdata: list[tuple[int, int, bytes]]) -> list[int]:
+    fds: list[int] = []
+    for level, kind, data in ancdata:
+        if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+            arr = array.array("i")
+            arr.frombytes(data[: len(data) - len(data) % arr.itemsize])
+            fds.extend(arr)
+    return fds

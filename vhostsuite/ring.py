@@ -1,0 +1,24 @@
+"""The ring implementation in use: the compiled ``_ring`` unless it is missing or
+``VHOSTSUITE_NO_EXTENSIONS`` is set, then the pure-Python reference."""
+
+import os
+
+from ._ring_py import Chain as ChainPy
+from ._ring_py import Virtqueue as VirtqueuePy
+from ._ring_py import ring_sizes, vring_need_event
+
+NO_EXTENSIONS = bool(os.environ.get("VHOSTSUITE_NO_EXTENSIONS"))
+
+Chain = ChainPy
+Virtqueue = VirtqueuePy
+if not NO_EXTENSIONS:
+    try:
+        from ._ring import Chain as ChainC  # noqa: F401
+        from ._ring import Virtqueue as VirtqueueC
+
+        Chain = ChainC
+        Virtqueue = VirtqueueC
+    except ImportError:  # pragma: no cover - only without a compiler
+        pass
+
+__all__ = ["Chain", "ChainPy", "Virtqueue", "VirtqueuePy", "NO_EXTENSIONS", "ring_sizes", "vring_need_event"]

@@ -1,0 +1,90 @@
+"""Serving one front-end: the socket set-up, the event loop, and a clean exit whatever happens."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import socket
+from collections.abc import Callable
+
+from .cli import EXIT_FAILURE, EXIT_OK, StartupError, listen, socket_from_fd
+from .connection import Connection, Disconnected, FatalProtocolError
+from .device import Device
+from .loop import Loop, Terminate, install_signal_handlers
+
+log = logging.getLogger("vhostsuite")
+
+
+def serve(args: argparse.Namespace, make_device: Callable[[argparse.Namespace], Device]) -> int:
+    """Serve one front-end until it hangs up (0), a signal (0, or 130 for SIGINT) or a fatal error (1)."""
+    install_signal_handlers()
+    loop = Loop()
+    listener: socket.socket | None = None
+    created: str | None = None
+    conn: Connection | None = None
+    device: Device | None = None
+    try:
+        device = make_device(args)  # options this host can't honour fail here, before any socket exists
+        if args.fd is not None:
+            sock = socket_from_fd(args.fd)
+        else:
+            listener = listen(args.socket_path)
+            created = args.socket_path
+            log.info("listening on %s", created)
+            sock = _accept(loop, listener)
+            listener.close()
+            listener = None
+        conn = Connection(sock, device, loop)
+        loop.add_reader(sock.fileno(), conn.on_readable)
+        log.info("front-end connected")
+        loop.run()
+        return EXIT_OK
+    except Disconnected:
+        log.info("front-end hung up; exiting")
+        return EXIT_OK
+    except FatalProtocolError as e:
+        log.error("protocol error, closing the connection: %s", e)
+        return EXIT_FAILURE
+    except StartupError as e:
+        log.error("%s", e)
+        return EXIT_FAILURE
+    except Terminate as t:
+        log.info("%s received; exiting", signal.Signals(t.signum).name)
+        return EXIT_OK if t.signum == signal.SIGTERM else 128 + t.signum
+    finally:
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        if conn is not None:
+            conn.close()
+        if device is not None:
+            device.close()
+        if listener is not None:
+            listener.close()
+        if created is not None:
+            try:
+                os.unlink(created)
+            except OSError:
+                pass
+        loop.close()
+
+
+def _accept(loop: Loop, listener: socket.socket) -> socket.socket:
+    accepted: list[socket.socket] = []
+
+    def on_accept() -> None:
+        try:
+            s, _ = listener.accept()
+        except (BlockingIOError, InterruptedError):
+            return
+        accepted.append(s)
+        loop.stop()
+
+    listener.setblocking(False)
+    loop.add_reader(listener.fileno(), on_accept)
+    loop.run()
+    loop.remove_reader(listener.fileno())
+    if not accepted:
+        raise StartupError("no front-end connected")
+    return accepted[0]
