@@ -206,6 +206,8 @@ class Connection:
         ok = True
         reply: bytes | None = None
         try:
+            if fds and msg.request not in P.CARRIES_FDS:
+                raise Failed(f"{msg.name} carries {len(fds)} unexpected fds")
             if handler is None:
                 if self.device.vhost_request(msg.request, msg.payload, fds):
                     fds = []

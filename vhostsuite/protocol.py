@@ -145,6 +145,25 @@ HAS_REPLY = frozenset(
 )
 
 
+#: Messages that may carry fds; any other message that comes with fds is refused.
+CARRIES_FDS = frozenset(
+    {
+        Request.SET_MEM_TABLE,
+        Request.SET_LOG_BASE,
+        Request.SET_LOG_FD,
+        Request.SET_VRING_KICK,
+        Request.SET_VRING_CALL,
+        Request.SET_VRING_ERR,
+        Request.SET_BACKEND_REQ_FD,
+        Request.SET_INFLIGHT_FD,
+        Request.GPU_SET_SOCKET,
+        Request.ADD_MEM_REG,
+        Request.REM_MEM_REG,
+        Request.SET_DEVICE_STATE_FD,
+    }
+)
+
+
 class ProtocolError(Exception):
     """A message that violates the protocol (bad size, missing fd, ...)."""
 

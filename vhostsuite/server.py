@@ -34,8 +34,11 @@ def serve(args: argparse.Namespace, make_device: Callable[[argparse.Namespace], 
             created = args.socket_path
             log.info("listening on %s", created)
             sock = _accept(loop, listener)
+            # One front-end per process: the socket file goes as soon as it is taken.
             listener.close()
             listener = None
+            os.unlink(created)
+            created = None
         conn = Connection(sock, device, loop)
         loop.add_reader(sock.fileno(), conn.on_readable)
         log.info("front-end connected")
@@ -71,20 +74,43 @@ def serve(args: argparse.Namespace, make_device: Callable[[argparse.Namespace], 
 
 
 def _accept(loop: Loop, listener: socket.socket) -> socket.socket:
+    """The first connection that sends something. One that hangs up before its first byte
+    (e.g. another instance probing whether the path is live) is dropped, and we keep waiting."""
     accepted: list[socket.socket] = []
+    pending: list[socket.socket] = []
+
+    def on_data(s: socket.socket) -> None:
+        loop.remove_reader(s.fileno())
+        pending.remove(s)
+        try:
+            first = s.recv(1, socket.MSG_PEEK)
+        except OSError:
+            first = b""
+        if not first:
+            s.close()
+            return
+        accepted.append(s)
+        loop.stop()
 
     def on_accept() -> None:
         try:
             s, _ = listener.accept()
         except (BlockingIOError, InterruptedError):
             return
-        accepted.append(s)
-        loop.stop()
+        pending.append(s)
+        loop.add_reader(s.fileno(), lambda: on_data(s))
 
     listener.setblocking(False)
     loop.add_reader(listener.fileno(), on_accept)
-    loop.run()
-    loop.remove_reader(listener.fileno())
+    try:
+        loop.run()
+    finally:
+        loop.remove_reader(listener.fileno())
+        for s in pending:
+            loop.remove_reader(s.fileno())
+            s.close()
     if not accepted:
         raise StartupError("no front-end connected")
-    return accepted[0]
+    sock = accepted[0]
+    sock.setblocking(True)
+    return sock

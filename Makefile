@@ -1,0 +1,72 @@
+# vhostsuite: build, test, benchmark, install.
+#
+#   make check      everything a fresh machine needs, then the whole test suite (CI runs this)
+#   make demo       boots a guest under QEMU served by our back-ends and reports what happened
+#
+# Packagers: make install DESTDIR=debian/tmp prefix=/usr [libexecdir=/usr/libexec]
+
+PYTHON      ?= python3
+PIP         ?= $(PYTHON) -m pip
+prefix      ?= /usr/local
+exec_prefix ?= $(prefix)
+libexecdir  ?= $(exec_prefix)/libexec
+datadir     ?= $(prefix)/share
+DESTDIR     ?=
+DEVICES     := gpu input rng
+PYTEST_ARGS ?=
+
+# System packages: the build (cairo headers for pycairo, a C compiler), the guest kit
+# (busybox, debootstrap for a QEMU >= 8.2 on Debian 12, libdrm headers for the guest's
+# test programs) and QEMU's C vhost-user-gpu that the benchmarks compare against.
+DEB_PACKAGES := gcc pkg-config libcairo2-dev libdrm-dev busybox-static debootstrap cpio kmod \
+                xz-utils zstd qemu-system-gui
+
+.PHONY: all deps pydeps build test check bench demo install uninstall clean lint fuzz
+
+all: build
+
+deps:
+	@missing=$$(for p in $(DEB_PACKAGES); do dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q '^install ok installed' || echo $$p; done); \
+	if [ -z "$$missing" ]; then echo "system packages: all present"; \
+	elif [ "$$(id -u)" = 0 ]; then \
+	  echo "installing: $$missing"; \
+	  apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends $$missing; \
+	else echo "missing system packages, install them as root: apt-get install $$missing" >&2; exit 1; fi
+
+pydeps: deps
+	$(PIP) install -q 'setuptools>=74.1' 'Cython>=3.1' 'pytest>=8' 'pytest-benchmark>=4' 'hypothesis>=6' ruff \
+	  'evdev>=1.6' 'pycairo>=1.20'
+
+# The package goes into the interpreter's site-packages (compiled extensions included), and the
+# extensions are also built in place so tests and bin/ run from the source tree.
+build: pydeps
+	$(PIP) install -q --no-build-isolation .
+	$(PYTHON) -c 'import setuptools; setuptools.setup()' -q build_ext --inplace
+
+test:
+	$(PYTHON) -m pytest -rs $(PYTEST_ARGS)
+	VHOSTSUITE_NO_EXTENSIONS=1 $(PYTHON) -m pytest -rs -q -m 'not e2e' tests/test_ring.py tests/test_connection.py
+
+check: build lint test
+
+lint:
+	$(PYTHON) -m ruff check vhostsuite tests bench bin
+
+bench: build
+	$(PYTHON) -m pytest bench --benchmark-only -s --benchmark-columns=min,median,mean,ops,rounds
+
+demo: build
+	$(PYTHON) -m vhostsuite.demo --out out/demo
+
+install:
+	$(PIP) install --no-build-isolation --no-deps --root=$(if $(DESTDIR),$(DESTDIR),/) --prefix=$(prefix) .
+	for d in $(DEVICES); do \
+	  install -D -m 0755 bin/vhost-user-$$d $(DESTDIR)$(libexecdir)/vhost-user-$$d; \
+	  sed -i '1s|^#!.*python.*|#!$(shell command -v $(PYTHON))|' $(DESTDIR)$(libexecdir)/vhost-user-$$d; \
+	  install -d $(DESTDIR)$(datadir)/qemu/vhost-user; \
+	  sed 's|@libexecdir@|$(libexecdir)|' data/50-vhostsuite-$$d.json.in \
+	    > $(DESTDIR)$(datadir)/qemu/vhost-user/50-vhostsuite-$$d.json; \
+	done
+
+clean:
+	rm -rf build dist *.egg-info vhostsuite/*.c vhostsuite/*.so vhostsuite/*.html .pytest_cache .benchmarks
