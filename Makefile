@@ -58,15 +58,34 @@ bench: build
 demo: build
 	$(PYTHON) -m vhostsuite.demo --out out/demo
 
+# The Python package (with its compiled extensions, built for $(PYTHON)) goes into a private
+# directory; each launcher finds it relative to its own location, so the installed tree works
+# wherever it is copied. Runtime dependencies (pycairo, python-evdev) come from the system.
+libdir       ?= $(exec_prefix)/lib
+pkgpythondir ?= $(libdir)/vhostsuite/python
+PYTHON_ABS    = $(shell $(PYTHON) -c 'import sys; print(sys.executable)')
+REL_PKGPY     = $(shell $(PYTHON) -c 'import os,sys; print(os.path.relpath(sys.argv[1], sys.argv[2]))' $(pkgpythondir) $(libexecdir))
+
 install:
-	$(PIP) install --no-build-isolation --no-deps --root=$(if $(DESTDIR),$(DESTDIR),/) --prefix=$(prefix) .
+	$(PIP) install -q --no-deps --no-build-isolation --no-compile --upgrade --target=$(DESTDIR)$(pkgpythondir) .
+	rm -rf $(DESTDIR)$(pkgpythondir)/*.dist-info $(DESTDIR)$(pkgpythondir)/bin
+	install -d $(DESTDIR)$(libexecdir) $(DESTDIR)$(datadir)/qemu/vhost-user
 	for d in $(DEVICES); do \
-	  install -D -m 0755 bin/vhost-user-$$d $(DESTDIR)$(libexecdir)/vhost-user-$$d; \
-	  sed -i '1s|^#!.*python.*|#!$(shell command -v $(PYTHON))|' $(DESTDIR)$(libexecdir)/vhost-user-$$d; \
-	  install -d $(DESTDIR)$(datadir)/qemu/vhost-user; \
+	  sed -e '1s|^#!.*|#!$(PYTHON_ABS)|' \
+	      -e '/^import sys$$/a import os\nsys.path.insert(0, os.path.join(os.path.dirname(os.path.realpath(__file__)), "$(REL_PKGPY)"))' \
+	      bin/vhost-user-$$d > $(DESTDIR)$(libexecdir)/vhost-user-$$d; \
+	  chmod 0755 $(DESTDIR)$(libexecdir)/vhost-user-$$d; \
 	  sed 's|@libexecdir@|$(libexecdir)|' data/50-vhostsuite-$$d.json.in \
 	    > $(DESTDIR)$(datadir)/qemu/vhost-user/50-vhostsuite-$$d.json; \
 	done
+
+uninstall:
+	for d in $(DEVICES); do \
+	  rm -f $(DESTDIR)$(libexecdir)/vhost-user-$$d $(DESTDIR)$(datadir)/qemu/vhost-user/50-vhostsuite-$$d.json; \
+	done
+	rm -rf $(DESTDIR)$(pkgpythondir)
+	-rmdir $(DESTDIR)$(libdir)/vhostsuite $(DESTDIR)$(datadir)/qemu/vhost-user $(DESTDIR)$(datadir)/qemu \
+	  $(DESTDIR)$(libexecdir) $(DESTDIR)$(datadir) $(DESTDIR)$(libdir) $(DESTDIR)$(exec_prefix) $(DESTDIR)$(prefix) 2>/dev/null
 
 clean:
 	rm -rf build dist *.egg-info vhostsuite/*.c vhostsuite/*.so vhostsuite/*.html .pytest_cache .benchmarks

@@ -1,0 +1,57 @@
+"""Fixtures for end-to-end tests that boot a real guest under QEMU (TCG).
+
+``qemu`` and ``guest`` are provisioned once per session (cached under ``$VHOSTSUITE_CACHE`` or
+``~/.cache/vhostsuite``) and skip the test with the reason when that is impossible.
+``vm_factory(run, devices, **kw)`` starts a :class:`~vhostsuite.testing.guest.VM` whose files
+(serial log, QEMU output) live in the test's ``tmp_path``; every VM is closed at teardown.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from vhostsuite.testing.guest import VM, Guest, Qemu, Unavailable, provision_guest, provision_qemu
+
+
+@pytest.fixture(scope="session")
+def qemu() -> Qemu:
+    """A QEMU >= 8.2 (skips the test if none can be provisioned)."""
+    try:
+        return provision_qemu()
+    except Unavailable as exc:
+        pytest.skip(f"QEMU unavailable: {exc}")
+
+
+@pytest.fixture(scope="session")
+def guest() -> Guest:
+    """The guest kernel + initramfs (skips the test if it cannot be provisioned)."""
+    try:
+        return provision_guest()
+    except Unavailable as exc:
+        pytest.skip(f"guest unavailable: {exc}")
+
+
+@pytest.fixture
+def vm_factory(qemu: Qemu, guest: Guest, tmp_path: Path) -> Iterator[Callable[..., VM]]:
+    """Return ``make(run, devices=None, **kwargs) -> VM``; all VMs are closed at teardown.
+
+    On test failure the serial log path of each VM is printed (pytest shows it with the report).
+    """
+    vms: list[VM] = []
+
+    def make(run: str, devices: list[str] | None = None, **kwargs: Any) -> VM:
+        kwargs.setdefault("workdir", tmp_path / f"vm{len(vms)}")
+        vm = VM(qemu, guest, run, devices or [], **kwargs)
+        vms.append(vm)
+        print(f"VM {len(vms) - 1}: serial log {vm.log_path}, qemu output {vm.stderr_path}")
+        return vm
+
+    try:
+        yield make
+    finally:
+        for vm in vms:
+            vm.close()

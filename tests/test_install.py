@@ -1,0 +1,71 @@
+"""`make install` as a packager runs it: DESTDIR, prefix=/usr, discovery files, uninstall."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+DEVICES = {"gpu": ["evdev-path", "no-grab", "render-node", "virgl"], "input": ["evdev-path", "no-grab"], "rng": []}
+#: VHostUserBackendType values of QEMU's docs/interop/vhost-user.json
+SCHEMA_TYPES = {"9p", "balloon", "block", "caif", "console", "crypto", "fs", "gpu", "input", "net", "rng", "rpmsg",
+                "rproc-serial", "scsi", "vsock"}  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def installed(tmp_path_factory) -> Path:
+    if shutil.which("make") is None:
+        pytest.skip("make is not installed")
+    dest = tmp_path_factory.mktemp("destdir")
+    subprocess.run(
+        ["make", "-s", "-C", str(ROOT), "install", f"DESTDIR={dest}", "prefix=/usr", f"PYTHON={sys.executable}"],
+        check=True,
+        timeout=600,
+    )
+    return dest
+
+
+def test_layout_and_capabilities(installed: Path, tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    # the installed tree works when copied elsewhere: no path into the build directory
+    moved = tmp_path / "moved"
+    shutil.copytree(installed, moved, symlinks=True)
+    for d, allowed in DEVICES.items():
+        exe = moved / "usr/libexec" / f"vhost-user-{d}"
+        assert os.access(exe, os.X_OK)
+        r = subprocess.run([str(exe), "--print-capabilities"], capture_output=True, text=True, env=env, cwd="/",
+                           timeout=30)  # fmt: skip
+        assert r.returncode == 0, r.stderr
+        caps = json.loads(r.stdout)
+        assert caps["type"] == d and set(caps["features"]) <= set(allowed)
+        assert str(ROOT) not in exe.read_text()
+    compiled = list((moved / "usr/lib/vhostsuite/python/vhostsuite").glob("_ring*.so"))
+    assert compiled, "the compiled ring is not installed"
+
+
+def test_discovery_files_follow_the_schema(installed: Path) -> None:
+    files = sorted((installed / "usr/share/qemu/vhost-user").iterdir())
+    assert [f.name for f in files] == [f"50-vhostsuite-{d}.json" for d in sorted(DEVICES)]
+    for f in files:
+        doc = json.loads(f.read_text())
+        assert set(doc) <= {"description", "type", "binary", "tags"}
+        assert isinstance(doc["description"], str) and doc["description"]
+        assert doc["type"] in SCHEMA_TYPES
+        assert doc["binary"] == f"/usr/libexec/vhost-user-{doc['type']}"
+        assert os.access(installed / doc["binary"].lstrip("/"), os.X_OK)
+
+
+def test_uninstall_leaves_nothing(tmp_path: Path) -> None:
+    dest = tmp_path / "d"
+    common = ["make", "-s", "-C", str(ROOT), f"DESTDIR={dest}", "prefix=/usr", f"PYTHON={sys.executable}"]
+    subprocess.run([*common, "install"], check=True, timeout=600)
+    assert any(dest.rglob("*"))
+    subprocess.run([*common, "uninstall"], check=True, timeout=60)
+    assert not any(p for p in dest.rglob("*") if not p.is_dir()), list(dest.rglob("*"))
+    assert not (dest / "usr").exists()

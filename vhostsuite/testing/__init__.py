@@ -1,0 +1,1 @@
+"""Test helpers for vhostsuite (guest kit for end-to-end tests under QEMU)."""
