@@ -287,6 +287,8 @@ class Frontend:
         self.protocol_features = 0
         self.queues: list[DriverQueue] = []
         self.backend_req: socket.socket | None = None
+        #: The back-end has our memory map (QEMU sends it again only when it changes).
+        self.mem_sent = False
 
     @classmethod
     def connect(cls, path: str, timeout: float = 5.0, ram: GuestRam | None = None) -> Frontend:
@@ -401,10 +403,12 @@ class Frontend:
     def set_mem_table(self) -> None:
         fds = [self.ram.fd] * len(self.ram.regions)
         self.call_acked(P.Request.SET_MEM_TABLE, P.encode_mem_table(self.ram.regions), fds)
+        self.mem_sent = True
 
     def add_mem_regions(self) -> None:
         for r in self.ram.regions:
             self.call_acked(P.Request.ADD_MEM_REG, P.encode_single_region(r), [self.ram.fd])
+        self.mem_sent = True
 
     def get_vring_base(self, index: int) -> int:
         reply = self.call(P.Request.GET_VRING_BASE, P.VRING_STATE.pack(index, 0))
@@ -452,7 +456,9 @@ class Frontend:
         status = self.protocol_features & bit(P.ProtocolFeature.STATUS)
         if status:
             self.set_status(VIRTIO_CONFIG_S_ACKNOWLEDGE | VIRTIO_CONFIG_S_DRIVER | VIRTIO_CONFIG_S_FEATURES_OK)
-        if self.protocol_features & bit(P.ProtocolFeature.CONFIGURE_MEM_SLOTS):
+        if self.mem_sent:
+            pass
+        elif self.protocol_features & bit(P.ProtocolFeature.CONFIGURE_MEM_SLOTS):
             self.add_mem_regions()
         else:
             self.set_mem_table()
