@@ -80,6 +80,8 @@ class Chain:
 
     def read_into(self, buf, offset: int = 0) -> int:  # noqa: ANN001 - any writable buffer
         """Gather into *buf* from *offset* of the readable part; returns bytes copied."""
+        if offset < 0:
+            raise ValueError("negative offset")
         dst = memoryview(buf).cast("B")
         want = len(dst)
         pos = 0
