@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Protocol
 
 if TYPE_CHECKING:
     from .loop import Loop
+    from .memory import GuestMemory
     from .ring import Virtqueue
 
 
@@ -20,6 +21,8 @@ class DeviceContext(Protocol):
     """What the core offers a device."""
 
     loop: Loop
+    #: Guest memory, for devices that keep guest addresses (e.g. a GPU resource's backing pages).
+    mem: GuestMemory
 
     def queue(self, index: int) -> Virtqueue | None:
         """The ring of queue *index* if it is started, enabled and mapped; else None."""

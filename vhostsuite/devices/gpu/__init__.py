@@ -1,0 +1,104 @@
+"""vhost-user-gpu: a 2D virtio-gpu (device id 16) whose display reaches QEMU over the
+vhost-user-gpu protocol. Resources and format conversion in Python/cairo, guest-page copies
+in Cython (:mod:`vhostsuite.pixels`).
+
+This module stays light: ``--print-capabilities`` must not import cairo. The device itself
+(:mod:`.device`) is imported only when serving.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+from collections.abc import Sequence
+
+from ... import cli
+
+DEFAULT_MAX_HOSTMEM = 256 << 20
+DEFAULT_DISPLAY_TIMEOUT = 5.0
+
+
+def capabilities() -> tuple[str, list[str]]:
+    """Only what works: this back-end is 2D, so neither "virgl" nor "render-node"."""
+    return "gpu", []
+
+
+def parse_size(text: str) -> int:
+    m = re.fullmatch(r"\s*(\d+)\s*([kKmMgG]?)(?:i?[bB])?\s*", text)
+    if not m:
+        raise argparse.ArgumentTypeError(f"invalid size {text!r} (e.g. 256M, 1G, 65536)")
+    n = int(m.group(1)) << {"": 0, "k": 10, "m": 20, "g": 30}[m.group(2).lower()]
+    if n <= 0:
+        raise argparse.ArgumentTypeError("the size must be positive")
+    return n
+
+
+def positive_float(text: str) -> float:
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid number {text!r}") from None
+    if not v > 0:
+        raise argparse.ArgumentTypeError("must be > 0")
+    return v
+
+
+def make_parser() -> argparse.ArgumentParser:
+    parser = cli.make_parser(
+        "vhost-user-gpu",
+        "vhost-user back-end for a 2D virtio-gpu; the display goes to QEMU over the vhost-user-gpu protocol.",
+        epilog="example:\n  vhost-user-gpu --socket-path=/tmp/gpu.sock &\n"
+        "  qemu-system-x86_64 -object memory-backend-memfd,id=mem,size=1G,share=on \\\n"
+        "      -machine memory-backend=mem -vga none \\\n"
+        "      -chardev socket,id=gpu0,path=/tmp/gpu.sock -device vhost-user-gpu-pci,chardev=gpu0",
+    )
+    parser.add_argument(
+        "--virgl", action="store_true", help="3D acceleration with virglrenderer (not supported: fails at start-up)"
+    )
+    parser.add_argument(
+        "--render-node", metavar="PATH", help="DRM render node for 3D/dmabuf (not supported: fails at start-up)"
+    )
+    parser.add_argument(
+        "--max-hostmem",
+        metavar="SIZE",
+        type=parse_size,
+        default=DEFAULT_MAX_HOSTMEM,
+        help="cap on the memory of all resources (default 256M, as QEMU); more gives OUT_OF_MEMORY",
+    )
+    parser.add_argument(
+        "--display-timeout",
+        metavar="SECONDS",
+        type=positive_float,
+        default=DEFAULT_DISPLAY_TIMEOUT,
+        help="how long to wait for QEMU's display replies and stalled sends (default 5)",
+    )
+    return parser
+
+
+def check_options(args: argparse.Namespace) -> None:
+    """Refuse options this back-end can't honour, with a clear message (before any socket exists)."""
+    if args.virgl:
+        raise cli.StartupError("--virgl: 3D (virglrenderer) is not supported; this back-end is 2D only")
+    if args.render_node is not None:
+        if not os.path.exists(args.render_node):
+            raise cli.StartupError(f"--render-node={args.render_node}: no such device")
+        raise cli.StartupError(
+            f"--render-node={args.render_node}: render nodes (dmabuf scanouts, 3D) are not supported; "
+            "this back-end is 2D only"
+        )
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = make_parser()
+
+    def make_device(args: argparse.Namespace):  # noqa: ANN202 - imports cairo lazily
+        check_options(args)
+        from .device import GpuDevice
+
+        return GpuDevice(max_hostmem=args.max_hostmem, display_timeout=args.display_timeout)
+
+    return cli.run("vhost-user-gpu", parser, argv, capabilities, make_device)
+
+
+__all__ = ["main", "capabilities"]

@@ -1,0 +1,228 @@
+"""The display channel: the vhost-user-gpu protocol towards QEMU on the socket of GPU_SET_SOCKET.
+
+We send requests (SCANOUT, UPDATE, CURSOR_*, and the few that QEMU answers); replies arrive on
+the event loop, matched per request id in order. Nothing here blocks the loop for long:
+
+* a request that wants a reply registers a callback and a timer; the callback gets the
+  payload, or None on timeout or hang-up (the caller then answers with a default);
+* sends use a bounded timeout; a peer that stops reading in the middle of a message has
+  broken the stream, so the channel is closed (QEMU makes a new one at the next DRIVER_OK).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+from collections import deque
+from collections.abc import Callable, Sequence
+
+from ...loop import Loop
+from . import wire as W
+
+log = logging.getLogger("vhostsuite.gpu.display")
+
+#: sendmsg() takes at most IOV_MAX buffers.
+_IOV_MAX = 1024
+#: A reply larger than this is a broken peer.
+_MAX_REPLY = 64 * 1024
+
+#: While the peer is unresponsive, at most this many unanswered requests of one kind are kept.
+_MAX_ABANDONED = 16
+
+ReplyCallback = Callable[[bytes | None], None]
+
+
+class _Waiter:
+    __slots__ = ("request", "size", "callback", "timer")
+
+    def __init__(self, request: int, size: int, callback: ReplyCallback, timer: int) -> None:
+        self.request = request
+        self.size = size
+        self.callback = callback
+        self.timer = timer
+
+
+class DisplayChannel:
+    """One display socket. ``on_close`` is called once when it goes away (not on :meth:`close`)."""
+
+    def __init__(self, sock: socket.socket, loop: Loop, timeout: float, on_close: Callable[[], None]) -> None:
+        self.sock = sock
+        self.loop = loop
+        self.timeout = timeout
+        self.on_close = on_close
+        self.closed = False
+        #: The protocol features both sides have (None until GET_PROTOCOL_FEATURES is answered).
+        self.protocol_features: int | None = None
+        #: Set once a reply did not come in time; waiting callers answer at once until it talks again.
+        self.unresponsive = False
+        self._waiters: dict[int, deque[_Waiter]] = {}
+        self._rbuf = bytearray()
+        sock.settimeout(timeout)
+        loop.add_reader(sock.fileno(), self._on_readable)
+
+    @classmethod
+    def from_fd(cls, fd: int, loop: Loop, timeout: float, on_close: Callable[[], None]) -> DisplayChannel:
+        """Adopt *fd*; on ValueError the caller still owns (and closes) it."""
+        try:
+            sock = socket.socket(fileno=fd)
+        except OSError as e:
+            raise ValueError(f"GPU_SET_SOCKET: fd is not a socket: {e}") from None
+        if sock.family != socket.AF_UNIX or sock.type != socket.SOCK_STREAM:
+            sock.detach()
+            raise ValueError("GPU_SET_SOCKET: fd is not a UNIX stream socket")
+        os.set_inheritable(fd, False)
+        return cls(sock, loop, timeout, on_close)
+
+    # -- features ---------------------------------------------------------------------
+    def negotiate(self, wanted: int, done: Callable[[], None] | None = None) -> None:
+        """GET_PROTOCOL_FEATURES, then SET_PROTOCOL_FEATURES with what both sides have."""
+
+        def got(reply: bytes | None) -> None:
+            if reply is None:
+                log.warning("display: no answer to GET_PROTOCOL_FEATURES; assuming no protocol features")
+                self.protocol_features = 0
+            else:
+                self.protocol_features = W.GPU_U64.unpack(reply)[0] & wanted
+                self.send(W.VHOST_USER_GPU_SET_PROTOCOL_FEATURES, W.GPU_U64.pack(self.protocol_features))
+            log.info("display protocol features %#x", self.protocol_features)
+            if done is not None:
+                done()
+
+        self.request(W.VHOST_USER_GPU_GET_PROTOCOL_FEATURES, b"", W.GPU_U64.size, got)
+
+    def has_feature(self, bit: int) -> bool:
+        return bool((self.protocol_features or 0) & (1 << bit))
+
+    # -- sending ------------------------------------------------------------------------
+    def send(self, request: int, *parts: bytes | memoryview) -> bool:
+        """Send one message (header + *parts*); False if the channel is (now) closed."""
+        if self.closed:
+            return False
+        size = 0
+        for p in parts:
+            size += p.nbytes if isinstance(p, memoryview) else len(p)
+        bufs: list[bytes | memoryview] = [W.GPU_HEADER.pack(request, 0, size), *parts]
+        try:
+            _sendmsg_all(self.sock, bufs)
+        except (OSError, TimeoutError) as e:
+            log.error("display: sending message %d failed (%s); closing the display socket", request, e)
+            self._lost()
+            return False
+        return True
+
+    def request(self, request: int, payload: bytes, reply_size: int, callback: ReplyCallback) -> None:
+        """Send *request* and call *callback* with its reply payload, or None (timeout, hang-up)."""
+        if self.closed or (self.unresponsive and len(self._waiters.get(request, ())) >= _MAX_ABANDONED):
+            callback(None)
+            return
+        timer = self.loop.call_later(self.timeout, lambda: self._timed_out(request))
+        w = _Waiter(request, reply_size, callback, timer)
+        self._waiters.setdefault(request, deque()).append(w)
+        if not self.send(request, payload):
+            return  # _lost() has called the waiter back already
+        if self.unresponsive:
+            # Don't make the guest wait again; a late reply is matched and dropped.
+            self.loop.cancel(w.timer)
+            w.callback = _ignore
+            callback(None)
+
+    def _timed_out(self, request: int) -> None:
+        q = self._waiters.get(request)
+        if not q:
+            return
+        w = q.popleft()  # the oldest one is the one that timed out; assume the peer dropped it
+        log.warning("display: no reply to request %d within %.1fs", request, self.timeout)
+        self.unresponsive = True
+        w.callback(None)
+
+    # -- receiving ------------------------------------------------------------------------
+    def _on_readable(self) -> None:
+        try:
+            data = self.sock.recv(65536)
+        except (BlockingIOError, InterruptedError, TimeoutError):
+            return
+        except OSError as e:
+            log.warning("display: read failed: %s", e)
+            data = b""
+        if not data:
+            log.info("display socket closed by the front-end")
+            self._lost()
+            return
+        self._rbuf += data
+        while len(self._rbuf) >= W.GPU_HEADER.size:
+            request, flags, size = W.GPU_HEADER.unpack_from(self._rbuf)
+            if size > _MAX_REPLY:
+                log.error("display: message %d of %d bytes; closing the display socket", request, size)
+                self._lost()
+                return
+            end = W.GPU_HEADER.size + size
+            if len(self._rbuf) < end:
+                break
+            payload = bytes(self._rbuf[W.GPU_HEADER.size : end])
+            del self._rbuf[:end]
+            self._dispatch(request, flags, payload)
+            if self.closed:
+                return
+
+    def _dispatch(self, request: int, flags: int, payload: bytes) -> None:
+        q = self._waiters.get(request)
+        if not flags & W.VHOST_USER_GPU_MSG_FLAG_REPLY or not q:
+            log.warning("display: unexpected message %d flags %#x size %d", request, flags, len(payload))
+            return
+        w = q.popleft()
+        self.loop.cancel(w.timer)
+        if not any(self._waiters.values()):
+            self.unresponsive = False
+        if len(payload) < w.size:
+            log.warning("display: reply %d of %d bytes, expected %d", request, len(payload), w.size)
+            w.callback(None)
+            return
+        w.callback(payload[: w.size])
+
+    # -- end ------------------------------------------------------------------------------
+    def _fail_waiters(self) -> None:
+        waiters = [w for q in self._waiters.values() for w in q]
+        self._waiters.clear()
+        for w in waiters:
+            self.loop.cancel(w.timer)
+        for w in waiters:
+            w.callback(None)
+
+    def _lost(self) -> None:
+        if self.closed:
+            return
+        self.close()
+        self.on_close()
+
+    def close(self) -> None:
+        """Close the socket; pending requests are answered with None."""
+        if self.closed:
+            return
+        self.closed = True
+        self.loop.remove_reader(self.sock.fileno())
+        self.sock.close()
+        self._fail_waiters()
+
+
+def _ignore(reply: bytes | None) -> None:
+    pass
+
+
+def _sendmsg_all(sock: socket.socket, bufs: Sequence[bytes | memoryview]) -> None:
+    """sendmsg() every byte of *bufs*, at most IOV_MAX buffers at a time, resuming partial sends."""
+    views = [memoryview(b).cast("B") for b in bufs if len(b)]
+    i = 0
+    n = len(views)
+    while i < n:
+        batch = views[i : i + _IOV_MAX]
+        sent = sock.sendmsg(batch)
+        # advance past what was sent
+        while sent > 0 and i < n:
+            ln = len(views[i])
+            if sent >= ln:
+                sent -= ln
+                i += 1
+            else:
+                views[i] = views[i][sent:]
+                sent = 0

@@ -1,0 +1,25 @@
+"""The pixel-copy implementation in use: the compiled ``_pixels`` unless it is missing or
+``VHOSTSUITE_NO_EXTENSIONS`` is set, then the pure-Python reference ``_pixels_py``."""
+
+import os
+
+from . import _pixels_py
+
+NO_EXTENSIONS = bool(os.environ.get("VHOSTSUITE_NO_EXTENSIONS"))
+
+impl = _pixels_py
+if not NO_EXTENSIONS:
+    try:
+        from . import _pixels as _compiled
+
+        impl = _compiled
+    except ImportError:  # pragma: no cover - only without a compiler
+        pass
+
+PageList = impl.PageList
+copy_rect = impl.copy_rect
+swizzle_rect = impl.swizzle_rect
+check_rect = impl.check_rect
+COMPILED = impl is not _pixels_py
+
+__all__ = ["PageList", "copy_rect", "swizzle_rect", "check_rect", "COMPILED", "NO_EXTENSIONS"]
