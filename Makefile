@@ -87,5 +87,14 @@ uninstall:
 	-rmdir $(DESTDIR)$(libdir)/vhostsuite $(DESTDIR)$(datadir)/qemu/vhost-user $(DESTDIR)$(datadir)/qemu \
 	  $(DESTDIR)$(libexecdir) $(DESTDIR)$(datadir) $(DESTDIR)$(libdir) $(DESTDIR)$(exec_prefix) $(DESTDIR)$(prefix) 2>/dev/null
 
+# Coverage-guided fuzzing on demand (the bounded Hypothesis fuzzing runs in `make test`).
+FUZZ_SECONDS ?= 300
+fuzz: build
+	$(PIP) install -q atheris
+	for f in fuzz/fuzz_*.py; do \
+	  echo "== $$f ($(FUZZ_SECONDS)s)"; \
+	  PYTHONPATH=$(CURDIR) $(PYTHON) $$f -max_total_time=$(FUZZ_SECONDS) -print_final_stats=1 || exit 1; \
+	done
+
 clean:
 	rm -rf build dist *.egg-info vhostsuite/*.c vhostsuite/*.so vhostsuite/*.html .pytest_cache .benchmarks

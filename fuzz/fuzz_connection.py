@@ -1,0 +1,61 @@
+"""Coverage-guided fuzzing of the vhost-user core (``make fuzz``): random message sequences,
+with fds, into a real Connection serving the rng device. Any exception but the defined
+ones (the front-end is gone / the stream is beyond repair) is a bug.
+
+    python fuzz/fuzz_connection.py -max_total_time=600
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import sys
+
+import atheris
+
+with atheris.instrument_imports():
+    from vhostsuite import protocol as P
+    from vhostsuite.connection import Connection, Disconnected, FatalProtocolError
+    from vhostsuite.devices.rng import RngDevice
+    from vhostsuite.loop import Loop
+
+REQUESTS = [int(r) for r in P.Request] + [0, 44, 99, 0xFFFFFFFF]
+
+
+def TestOneInput(data: bytes) -> None:  # noqa: N802 - atheris' name
+    fdp = atheris.FuzzedDataProvider(data)
+    ours, theirs = socket.socketpair()
+    theirs.setblocking(False)
+    loop = Loop()
+    conn = Connection(ours, RngDevice(), loop)
+    memfd = os.memfd_create("fuzz")
+    os.ftruncate(memfd, 1 << 20)
+    try:
+        for _ in range(fdp.ConsumeIntInRange(1, 12)):
+            request = fdp.PickValueInList(REQUESTS)
+            flags = fdp.PickValueInList([P.VERSION, P.VERSION | P.NEED_REPLY_FLAG])
+            payload = fdp.ConsumeBytes(fdp.ConsumeIntInRange(0, 300))
+            fds = []
+            for _ in range(fdp.ConsumeIntInRange(0, 2)):
+                fds.append(os.dup(memfd) if fdp.ConsumeBool() else os.eventfd(0, os.EFD_NONBLOCK))
+            try:
+                conn.handle(P.Message(request, flags, payload, tuple(fds)))
+            except (Disconnected, FatalProtocolError):
+                return
+            for ring in conn.rings:
+                conn._run_queue(ring)
+            try:
+                while theirs.recv(65536):
+                    pass
+            except BlockingIOError:
+                pass
+    finally:
+        conn.close()
+        theirs.close()
+        loop.close()
+        os.close(memfd)
+
+
+if __name__ == "__main__":
+    atheris.Setup(sys.argv, TestOneInput)
+    atheris.Fuzz()
