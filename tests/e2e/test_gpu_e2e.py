@@ -4,59 +4,19 @@ and after a DIRTYFB of one rectangle exactly that rectangle must change."""
 
 from __future__ import annotations
 
-import re
 import socket
 import time
 from pathlib import Path
 
 import pytest
 
+from vhostsuite.testing.screen import differing_pixels, expected, load_rgb
+
 from ..conftest import Backend, program
 
 pytestmark = pytest.mark.e2e
 
 DELAY = 10  # seconds the guest waits between its two frames (time for our screendumps)
-
-
-def pattern1(x: int, y: int) -> tuple[int, int, int]:
-    return (x * 7 + y * 3) & 0xFF, (x ^ y) & 0xFF, (x + 2 * y) & 0xFF
-
-
-def expected(w: int, h: int, rect: tuple[int, int, int, int] | None = None) -> bytes:
-    """RGB bytes of the guest's frame (the rectangle inverted for the second frame)."""
-    out = bytearray(w * h * 3)
-    rx, ry, rw, rh = rect or (0, 0, 0, 0)
-    i = 0
-    for y in range(h):
-        for x in range(w):
-            r, g, b = pattern1(x, y)
-            if rx <= x < rx + rw and ry <= y < ry + rh:
-                r, g, b = r ^ 0xFF, g ^ 0xFF, b ^ 0xFF
-            out[i], out[i + 1], out[i + 2] = r, g, b
-            i += 3
-    return bytes(out)
-
-
-def load_rgb(path: Path, fmt: str) -> tuple[int, int, bytes]:
-    if fmt == "png":
-        import cairo
-
-        s = cairo.ImageSurface.create_from_png(str(path))
-        w, h, stride = s.get_width(), s.get_height(), s.get_stride()
-        data = bytes(s.get_data())
-        rgb = bytearray(w * h * 3)
-        for y in range(h):
-            row = data[y * stride : y * stride + w * 4]
-            o = y * w * 3
-            rgb[o : o + w * 3 : 3] = row[2::4]
-            rgb[o + 1 : o + w * 3 : 3] = row[1::4]
-            rgb[o + 2 : o + w * 3 : 3] = row[0::4]
-        return w, h, bytes(rgb)
-    raw = path.read_bytes()
-    m = re.match(rb"P6\s+(\d+)\s+(\d+)\s+(\d+)\s", raw)
-    assert m, raw[:32]
-    w, h = int(m[1]), int(m[2])
-    return w, h, raw[m.end() : m.end() + w * h * 3]
 
 
 def screen_matches(vm, tmp: Path, w: int, h: int, want: bytes, timeout: float = 30) -> tuple[bool, str]:  # noqa: ANN001
@@ -74,8 +34,8 @@ def screen_matches(vm, tmp: Path, w: int, h: int, want: bytes, timeout: float = 
         if (sw, sh) != (w, h):
             note = f"screen is {sw}x{sh}, guest mode {w}x{h}"
         else:
-            diff = [i // 3 for i in range(0, len(want), 3) if rgb[i : i + 3] != want[i : i + 3]]
-            note = f"{len(diff)} pixels differ, first at {(diff[0] % w, diff[0] // w)}"
+            diff = differing_pixels(w, rgb, want)
+            note = f"{len(diff)} pixels differ, first at {diff[0]}"
         if time.monotonic() > deadline:
             return False, note
         time.sleep(0.5)
