@@ -1,0 +1,251 @@
+"""The virtio-input device: config space, the event queue (0) and the status queue (1).
+
+Event delivery
+--------------
+Events from the source are collected until an EV_SYN/SYN_REPORT closes their batch; the
+complete batch then joins the *ready* queue, which goes to the guest one event per
+event-queue buffer (``struct virtio_input_event``: le16 type, le16 code, le32 value).
+When the guest has fewer buffers than the ready events need (QEMU >= 9.0 gives the event
+queue only 4 entries), what fits is delivered and the rest follows, in order, as the guest
+returns buffers (its kick). Nothing is dropped while the guest keeps reading.
+
+Overflow
+--------
+What waits for the guest (ready events plus the open batch) is bounded by ``max_pending``
+events (default :data:`MAX_PENDING`). When one more event would exceed it, the device
+behaves like the kernel's evdev client buffer: every queued, undelivered event is
+discarded, a single EV_SYN/SYN_DROPPED is queued in their place, and the events that follow
+are discarded up to and including the next SYN_REPORT; delivery then resumes with the next
+full batch. An EV_SYN/SYN_DROPPED from the host device itself (the host kernel's buffer
+overflowed) is handled the same way, except that complete batches already queued are kept.
+A guest reset (status 0, RESET_DEVICE) discards what is queued; a mere queue stop (GET_VRING_BASE)
+keeps it. Linux guests' input core ignores SYN_DROPPED; the events after it are consistent
+batches.
+
+Status queue
+------------
+Each buffer the guest sends holds whole ``virtio_input_event``s (Linux sends one per buffer).
+EV_SYN and the EV_LED, EV_SND, EV_REP and EV_FF events of types the device declared go to the
+source: the host evdev device gets EV_LED, EV_SND and EV_SYN written to it; the control socket
+reports them all. Linux guests also echo every EV_MSC they receive back to the status queue;
+such echoes of the device's own event types are ignored silently (writing MSC_SCAN back to a
+grabbed device would read back and loop). Other types are logged once and ignored. Buffers
+are returned with length 0.
+
+Malformed guest input: an event buffer with fewer than 8 writable bytes, or a status buffer
+that is device-writable, marks the device broken (NEEDS_RESET); a status buffer whose length
+is not a multiple of 8 has its tail ignored (with a warning).
+"""
+
+from __future__ import annotations
+
+import logging
+import struct
+from collections import deque
+from typing import Any
+
+from ...device import Device
+from ...errors import RingError
+from ...virtio import VIRTIO_ID_INPUT
+from . import config as C
+from .sources import Event, EventSource
+
+log = logging.getLogger("vhostsuite.input")
+
+EVENT_QUEUE = 0
+STATUS_QUEUE = 1
+#: Status event types passed to the source (besides EV_SYN), if the device declares them.
+STATUS_TYPES = frozenset({C.EV_LED, C.EV_SND, C.EV_REP, C.EV_FF})
+#: Default bound on events waiting for the guest.
+MAX_PENDING = 8192
+
+_EVENT = struct.Struct("<HHi")
+_SYN_DROPPED: Event = (C.EV_SYN, C.SYN_DROPPED, 0)
+
+
+class InputDevice(Device):
+    backend_type = "input"
+    virtio_id = VIRTIO_ID_INPUT
+    num_queues = 2
+    max_queue_size = 1024
+
+    def __init__(self, source: EventSource, max_pending: int = MAX_PENDING) -> None:
+        super().__init__()
+        if max_pending < 2:
+            raise ValueError("max_pending must be at least 2")
+        self.source = source
+        self.desc = source.description
+        self.config = ConfigView(self.desc)
+        self.max_pending = max_pending
+        #: Complete batches waiting for event-queue buffers.
+        self.ready: deque[Event] = deque()
+        #: The batch being collected (no SYN_REPORT yet).
+        self.partial: list[Event] = []
+        #: Discarding up to the next SYN_REPORT after an overflow.
+        self.skipping = False
+        self.delivered = 0
+        self.dropped = 0
+        self.overflows = 0
+        self.status_events = 0
+        self._started = False
+        self._warned: set[str] = set()
+        if hasattr(source, "state"):
+            source.state = self.state
+
+    # -- Device hooks ---------------------------------------------------------------
+    def attach(self, ctx: Any) -> None:
+        super().attach(ctx)
+        if not self._started:
+            self._started = True
+            self.source.start(ctx.loop, self.on_events)
+
+    def get_config(self, offset: int, size: int) -> bytes:
+        return self.config.read(offset, size)
+
+    def set_config(self, offset: int, data: bytes) -> None:
+        self.config.write(offset, data)
+
+    def queue_ready(self, index: int) -> None:
+        if index == EVENT_QUEUE:
+            self._deliver()
+        elif index == STATUS_QUEUE:
+            self._status()
+
+    def reset(self) -> None:
+        if self.ready or self.partial:
+            log.info("guest reset: discarding %d queued events", len(self.ready) + len(self.partial))
+        self.dropped += len(self.ready) + len(self.partial)
+        self.ready.clear()
+        self.partial.clear()
+        self.skipping = False
+        self.config.write(0, b"\0\0")
+
+    def close(self) -> None:
+        self.source.close()
+
+    def state(self) -> dict[str, int]:
+        return {
+            "pending": len(self.ready) + len(self.partial),
+            "delivered": self.delivered,
+            "dropped": self.dropped,
+            "overflows": self.overflows,
+            "status_events": self.status_events,
+        }
+
+    # -- events from the source -------------------------------------------------------
+    def on_events(self, events: list[Event]) -> None:
+        """Queue *events* (in order) and deliver what the guest has room for."""
+        ready = self.ready
+        partial = self.partial
+        limit = self.max_pending
+        queued = len(ready) + len(partial)
+        for ev in events:
+            t, c = ev[0], ev[1]
+            if self.skipping:
+                self.dropped += 1
+                if t == C.EV_SYN and c == C.SYN_REPORT:
+                    self.skipping = False
+                continue
+            if t == C.EV_SYN and c == C.SYN_DROPPED:
+                # the host kernel lost events: the open batch is incomplete
+                self._drop(keep_ready=True)
+                queued = len(ready)
+                continue
+            if queued >= limit:
+                self._drop(keep_ready=False)
+                queued = len(ready)
+                # resume after the batch this event belongs to
+                self.skipping = not (t == C.EV_SYN and c == C.SYN_REPORT)
+                self.dropped += 1
+                continue
+            partial.append(ev)
+            queued += 1
+            if t == C.EV_SYN and c == C.SYN_REPORT:
+                ready.extend(partial)
+                partial.clear()
+        self._deliver(notify=True)
+
+    def _drop(self, keep_ready: bool) -> None:
+        n = len(self.partial) + (0 if keep_ready else len(self.ready))
+        self.dropped += n
+        self.overflows += 1
+        self.partial.clear()
+        if not keep_ready:
+            self.ready.clear()
+        self.ready.append(_SYN_DROPPED)
+        self.skipping = True
+        if "overflow" not in self._warned:
+            self._warned.add("overflow")
+            log.warning(
+                "input events overflowed (%d waiting for the guest): %d dropped, SYN_DROPPED sent",
+                self.max_pending,
+                n,
+            )
+
+    def _deliver(self, notify: bool = False) -> None:
+        ready = self.ready
+        if not ready or self.ctx is None:
+            return
+        vq = self.ctx.queue(EVENT_QUEUE)
+        if vq is None:
+            return
+        pack = _EVENT.pack
+        pushed = 0
+        try:
+            while ready:
+                chain = vq.pop()
+                if chain is None:
+                    break
+                if chain.write_size < _EVENT.size:
+                    self.ctx.mark_broken(
+                        f"event queue buffer of {chain.write_size} writable bytes (needs {_EVENT.size})", EVENT_QUEUE
+                    )
+                    return
+                chain.write(pack(*ready[0]))
+                ready.popleft()
+                vq.push(chain, _EVENT.size)
+                pushed += 1
+        except RingError as e:
+            self.ctx.mark_broken(f"queue {EVENT_QUEUE}: {e}", EVENT_QUEUE)
+            return
+        finally:
+            self.delivered += pushed
+        if pushed and notify:
+            self.ctx.notify(EVENT_QUEUE)
+
+    # -- the status queue ---------------------------------------------------------------
+    def _status(self) -> None:
+        vq = self.ctx.queue(STATUS_QUEUE)
+        if vq is None:
+            return
+        out: list[Event] = []
+        while (chain := vq.pop()) is not None:
+            if chain.write_size:
+                self.ctx.mark_broken(f"status queue buffer with {chain.write_size} device-writable bytes", STATUS_QUEUE)
+                return
+            data = chain.read()
+            if len(data) % _EVENT.size:
+                self._warn_once("status-size", f"status buffer of {len(data)} bytes: trailing bytes ignored")
+            for i in range(0, len(data) - _EVENT.size + 1, _EVENT.size):
+                t, c, v = _EVENT.unpack_from(data, i)
+                if t == C.EV_SYN or (t in STATUS_TYPES and t in self.desc.events):
+                    out.append((t, c, v))
+                elif t in self.desc.events and t not in STATUS_TYPES:
+                    # Linux echoes every EV_MSC (and other pass-to-device events) it receives back
+                    # on the status queue; passing them on would make a loop with a grabbed device.
+                    pass
+                else:
+                    self._warn_once(f"status-{t}", f"guest sent a status event of type {t:#x} the device lacks")
+            vq.push(chain, 0)
+        if out:
+            self.status_events += len(out)
+            self.source.write_status(out)
+
+    def _warn_once(self, key: str, msg: str) -> None:
+        if key not in self._warned:
+            self._warned.add(key)
+            log.warning("%s", msg)
+
+
+class ConfigView(C.ConfigSpace):
+    """The config space (kept as a separate name so tests can build one without a device)."""
