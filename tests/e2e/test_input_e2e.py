@@ -146,6 +146,7 @@ def test_virtual_device_in_guest(vm_factory, tmp_path, kind: str) -> None:
             ["-chardev", f"socket,id=in0,path={sock}", "-device", "vhost-user-input-pci,chardev=in0"],
             cmdline_extra=f"vhs.input_events={len(expected)} vhs.input_timeout=400 vhs.input_idle=10"
             " vhs.input_linger=10",
+            smp=2,
         )
         ctl = Control(str(ctl_path))
         vm.wait_for(r"^INPUT_READY", timeout=300)
