@@ -10,22 +10,8 @@ from libc.stdint cimport uint8_t, uint32_t
 from libc.stdlib cimport free, malloc
 from libc.string cimport memcpy
 
-SWIZZLE_NONE = 0
-SWIZZLE_BSWAP = 1
-SWIZZLE_SWAP02 = 2
-SWIZZLE_ROTATE = 3
-
-
-def check_rect(total, offset, stride, row_bytes, rows, what):
-    """Raise ValueError unless ``rows`` rows of ``row_bytes`` at ``offset + k*stride`` fit in ``total``."""
-    if offset < 0 or stride < 0 or row_bytes < 0 or rows < 0:
-        raise ValueError(f"{what}: negative offset, stride or size")
-    if rows == 0 or row_bytes == 0:
-        return
-    if row_bytes > stride and rows > 1:
-        raise ValueError(f"{what}: rows of {row_bytes} bytes overlap with stride {stride}")
-    if offset + stride * (rows - 1) + row_bytes > total:
-        raise ValueError(f"{what}: rectangle ends past the buffer ({total} bytes)")
+# The swizzle numbers and the argument checks are the reference's own: one place for both.
+from ._pixels_py import SWIZZLE_BSWAP, SWIZZLE_NONE, SWIZZLE_ROTATE, SWIZZLE_SWAP02, check_rect  # noqa: F401
 
 
 cdef class PageList:

@@ -82,10 +82,9 @@ VIRTIO_GPU_FORMAT_R8G8B8X8_UNORM = 134
 #: Byte permutations that turn a pixel's bytes in memory into B,G,R,A/X order (x8r8g8b8 and
 #: a8r8g8b8 on a little-endian host). Big-endian hosts would need the opposite mapping; they
 #: are not supported.
-SWIZZLE_NONE = 0  # B G R A  -> B G R A
-SWIZZLE_BSWAP = 1  # A R G B  -> B G R A (reverse the 4 bytes)
-SWIZZLE_SWAP02 = 2  # R G B A  -> B G R A (swap bytes 0 and 2)
-SWIZZLE_ROTATE = 3  # A B G R  -> B G R A (bytes 1,2,3,0)
+#: NONE: B G R A as is; BSWAP: A R G B reversed; SWAP02: R G B A with bytes 0 and 2 swapped;
+#: ROTATE: A B G R as bytes 1,2,3,0. The numbers live with the pixel copies that apply them.
+from ..._pixels_py import SWIZZLE_BSWAP, SWIZZLE_NONE, SWIZZLE_ROTATE, SWIZZLE_SWAP02  # noqa: E402
 
 #: virtio format -> (swizzle to B,G,R,A bytes, has alpha)
 FORMATS: dict[int, tuple[int, bool]] = {
