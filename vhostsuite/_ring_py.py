@@ -8,6 +8,7 @@ hostile rings. Ring memory is little-endian (VIRTIO_F_VERSION_1).
 from __future__ import annotations
 
 import struct
+import sys
 
 from .errors import GuestMemoryError, RingError
 from .memory import GuestMemory
@@ -21,8 +22,10 @@ from .virtio import (
     VRING_USED_ELEM_SIZE,
 )
 
+if sys.byteorder != "little":  # pragma: no cover
+    raise ImportError("vhostsuite supports little-endian hosts only (virtio 1.x rings are little-endian)")
+
 _DESC = struct.Struct("<QIHH")
-_U16 = struct.Struct("<H")
 _USED_ELEM = struct.Struct("<II")
 _U32_MAX = 0xFFFFFFFF
 
@@ -144,16 +147,21 @@ class Virtqueue:
         self._desc = desc
         self._avail = avail
         self._used = used
+        # The index and flag words the driver reads or writes concurrently are accessed as
+        # native u16 items: one load or store each. struct.pack_into would zero the field
+        # first and write it byte by byte, so the driver could see a used index of 0.
+        self._avail16 = avail[:asize].cast("H")
+        self._used16 = used[:usize].cast("H")
         self.event_idx = event_idx
         self.last_avail_idx = last_avail_idx & 0xFFFF
         #: Re-read from guest memory: it is what the driver saw last (e.g. across a reboot).
-        self.used_idx = _U16.unpack_from(used, 2)[0]
+        self.used_idx = self._used16[1]
         self._signalled_used = self.used_idx
         self._signalled_valid = False
 
     # -- avail side ---------------------------------------------------------
     def avail_idx(self) -> int:
-        return _U16.unpack_from(self._avail, 2)[0]
+        return self._avail16[1]
 
     def pending(self) -> int:
         """Chains the driver has made available that we have not popped."""
@@ -169,12 +177,12 @@ class Virtqueue:
         if self.pending() == 0:
             if self.event_idx:
                 # Ask for a kick at the next buffer, then look again to close the race.
-                _U16.pack_into(self._used, 4 + VRING_USED_ELEM_SIZE * self.num, self.last_avail_idx)
+                self._used16[2 + 4 * self.num] = self.last_avail_idx  # avail_event
                 if self.pending() == 0:
                     return None
             else:
                 return None
-        head = _U16.unpack_from(self._avail, 4 + 2 * (self.last_avail_idx % self.num))[0]
+        head = self._avail16[2 + self.last_avail_idx % self.num]
         if head >= self.num:
             raise RingError(f"avail ring entry {head} is outside the queue (size {self.num})")
         chain = self._walk(head)
@@ -245,7 +253,7 @@ class Virtqueue:
         slot = self.used_idx % self.num
         _USED_ELEM.pack_into(self._used, 4 + VRING_USED_ELEM_SIZE * slot, head, length & _U32_MAX)
         self.used_idx = (self.used_idx + 1) & 0xFFFF
-        _U16.pack_into(self._used, 2, self.used_idx)
+        self._used16[1] = self.used_idx
 
     def need_notify(self) -> bool:
         """Whether the driver wants an interrupt for what was pushed since the last call."""
@@ -257,6 +265,6 @@ class Virtqueue:
         if new == old:
             return False
         if self.event_idx:
-            used_event = _U16.unpack_from(self._avail, 4 + 2 * self.num)[0]
+            used_event = self._avail16[2 + self.num]
             return not valid or vring_need_event(used_event, new, old)
-        return not (_U16.unpack_from(self._avail, 0)[0] & VRING_AVAIL_F_NO_INTERRUPT)
+        return not (self._avail16[0] & VRING_AVAIL_F_NO_INTERRUPT)

@@ -36,7 +36,6 @@ from .virtio import (
 )
 
 _DESC = struct.Struct("<QIHH")
-_U16 = struct.Struct("<H")
 _USED_ELEM = struct.Struct("<II")
 
 #: Where our fake front-end "virtual addresses" start (QEMU's are its own mmap addresses).
@@ -143,6 +142,9 @@ class DriverQueue:
         self.desc = ram.view_of(self.desc_gpa, dsize)
         self.avail = ram.view_of(self.avail_gpa, asize)
         self.used = ram.view_of(self.used_gpa, usize)
+        # Words the device reads or writes concurrently: one u16 load or store each (see _ring_py).
+        self._avail16 = self.avail.cast("H")
+        self._used16 = self.used.cast("H")
         self.kick_fd = os.eventfd(0, os.EFD_CLOEXEC | os.EFD_NONBLOCK)
         self.call_fd = os.eventfd(0, os.EFD_CLOEXEC | os.EFD_NONBLOCK)
         self.err_fd = os.eventfd(0, os.EFD_CLOEXEC | os.EFD_NONBLOCK)
@@ -158,22 +160,22 @@ class DriverQueue:
 
     def publish(self, head: int) -> None:
         """Put *head* in the avail ring and advance the avail index."""
-        _U16.pack_into(self.avail, 4 + 2 * (self.avail_idx % self.num), head)
+        self._avail16[2 + self.avail_idx % self.num] = head
         self.avail_idx = (self.avail_idx + 1) & 0xFFFF
-        _U16.pack_into(self.avail, 2, self.avail_idx)
+        self._avail16[1] = self.avail_idx
 
     def set_avail_idx(self, idx: int) -> None:
         self.avail_idx = idx & 0xFFFF
-        _U16.pack_into(self.avail, 2, self.avail_idx)
+        self._avail16[1] = self.avail_idx
 
     def set_used_event(self, idx: int) -> None:
-        _U16.pack_into(self.avail, 4 + 2 * self.num, idx & 0xFFFF)
+        self._avail16[2 + self.num] = idx & 0xFFFF
 
     def set_avail_flags(self, flags: int) -> None:
-        _U16.pack_into(self.avail, 0, flags)
+        self._avail16[0] = flags
 
     def used_idx(self) -> int:
-        return _U16.unpack_from(self.used, 2)[0]
+        return self._used16[1]
 
     # -- driver operations ---------------------------------------------------------
     def add(self, out: list[bytes], in_sizes: list[int], indirect: bool = False) -> int:
@@ -267,7 +269,7 @@ class DriverQueue:
         return out
 
     def close(self) -> None:
-        for v in (self.desc, self.avail, self.used):
+        for v in (self._avail16, self._used16, self.desc, self.avail, self.used):
             v.release()
         for fd in (self.kick_fd, self.call_fd, self.err_fd):
             try:
