@@ -83,25 +83,23 @@ def test_print_capabilities(benchmark, name):
     benchmark.pedantic(once, rounds=10, iterations=1)
 
 
-def test_idle_rss_report(capsys):
-    """RSS of each back-end idle with a front-end connected (not a timing: printed and recorded)."""
-    rows = []
-    for name, argv in sorted(PROGRAMS.items()):
-        tmp = tempfile.mkdtemp()
-        path = os.path.join(tmp, "s.sock")
-        proc = subprocess.Popen([*argv, f"--socket-path={path}"], env=ENV, stderr=subprocess.DEVNULL)
-        try:
-            with Frontend.connect(path) as fe:
-                fe.get_features()
-                fe.get_protocol_features()
-                time.sleep(0.2)
-                rows.append((name, _rss_kib(proc.pid)))
-        finally:
-            proc.kill()
-            proc.wait()
-            shutil.rmtree(tmp)
-    with capsys.disabled():
-        print("\nidle RSS with a front-end connected:")
-        for name, kib in rows:
-            print(f"  {name:12s} {kib / 1024:6.1f} MiB")
-    assert all(kib > 0 for _, kib in rows)
+@pytest.mark.parametrize("name", sorted(PROGRAMS))
+def test_idle_rss(benchmark, name):
+    """RSS of each back-end idle with a front-end connected; the timed part is one message round trip."""
+    tmp = tempfile.mkdtemp()
+    path = os.path.join(tmp, "s.sock")
+    proc = subprocess.Popen([*PROGRAMS[name], f"--socket-path={path}"], env=ENV, stderr=subprocess.DEVNULL)
+    try:
+        with Frontend.connect(path) as fe:
+            fe.get_protocol_features()
+            benchmark.group = "idle back-end: GET_FEATURES round trip (RSS in extra_info)"
+            benchmark.pedantic(fe.get_features, rounds=200, iterations=1)
+            time.sleep(0.1)
+            rss = _rss_kib(proc.pid)
+    finally:
+        proc.kill()
+        proc.wait()
+        shutil.rmtree(tmp)
+    benchmark.extra_info["rss_kib"] = rss
+    print(f"\nidle RSS of {name} with a front-end connected: {rss / 1024:.1f} MiB")
+    assert rss > 0

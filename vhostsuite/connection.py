@@ -201,8 +201,10 @@ class Connection:
     def handle(self, msg: P.Message) -> None:
         """Handle one message and send what the reply rules ask for. Never lets a bad message crash us."""
         fds = list(msg.fds)
-        log.debug("<- %s flags=%#x size=%d fds=%d", msg.name, msg.flags, len(msg.payload), len(fds))
-        handler = getattr(self, f"_do_{msg.name.lower()}", None)
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug("<- %s flags=%#x size=%d fds=%d", msg.name, msg.flags, len(msg.payload), len(fds))
+        name = _HANDLER_NAMES.get(msg.request)
+        handler = getattr(self, name, None) if name else None
         ok = True
         reply: bytes | None = None
         try:
@@ -539,6 +541,10 @@ class Connection:
 
     def _do_set_log_base(self, payload: bytes, fds: list[int]) -> None:
         raise Failed("dirty logging (migration) is not supported")
+
+
+#: request id -> name of the Connection method that handles it (``_do_<request name>``).
+_HANDLER_NAMES = {int(r): f"_do_{r.name.lower()}" for r in P.Request}
 
 
 def _fds_from_ancdata(ancdata: list[tuple[int, int, bytes]]) -> list[int]:
