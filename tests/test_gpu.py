@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import signal
 import socket
 import struct
 import subprocess
@@ -688,3 +689,65 @@ def test_no_unexpected_frontend_errors(gpu) -> None:  # noqa: ANN001
         g.drv.ctrl.wait_used(1, timeout=0.2)
     assert wait_until(lambda: g.be.proc.poll() is None, 0.1)
     assert os.path.exists(g.be.stderr_path)
+
+
+# -- bounded resources and termination under load -----------------------------------------------
+
+
+def _proc_usage(pid: int) -> tuple[int, int]:
+    rss = next(int(line.split()[1]) for line in open(f"/proc/{pid}/status") if line.startswith("VmRSS:"))
+    return len(os.listdir(f"/proc/{pid}/fd")), rss
+
+
+def test_100k_hostile_commands_leave_rss_and_fds_flat(gpu) -> None:  # noqa: ANN001
+    """100,000 failing commands (and create/attach/unref cycles between them) leave no trace."""
+    g = gpu()
+    page = g.fe.ram.alloc(4096, 4096)
+    cmds = [
+        hdr(W.VIRTIO_GPU_CMD_RESOURCE_UNREF) + W.RESOURCE_UNREF.pack(77, 0),  # no such resource
+        hdr(W.VIRTIO_GPU_CMD_RESOURCE_CREATE_2D) + W.RESOURCE_CREATE_2D.pack(5, BGRX, 1 << 15, 1 << 15),  # OOM
+        hdr(W.VIRTIO_GPU_CMD_RESOURCE_CREATE_2D) + W.RESOURCE_CREATE_2D.pack(6, 999, 4, 4),  # bad format
+        hdr(W.VIRTIO_GPU_CMD_RESOURCE_ATTACH_BACKING) + W.RESOURCE_ATTACH_BACKING.pack(1, 1 << 30),  # huge nr
+        hdr(W.VIRTIO_GPU_CMD_TRANSFER_TO_HOST_2D) + W.TRANSFER_TO_HOST_2D.pack(0, 0, 64, 64, 1 << 40, 1, 0),
+        hdr(W.VIRTIO_GPU_CMD_SET_SCANOUT) + W.SET_SCANOUT.pack(0, 0, 8, 8, 99, 1),  # bad scanout
+        hdr(W.VIRTIO_GPU_CMD_RESOURCE_CREATE_2D) + W.RESOURCE_CREATE_2D.pack(9, BGRX, 64, 64),  # ok ...
+        hdr(W.VIRTIO_GPU_CMD_RESOURCE_ATTACH_BACKING) + W.RESOURCE_ATTACH_BACKING.pack(9, 1)
+        + W.MEM_ENTRY.pack(page, 4096, 0),  # ... backing too short for a transfer ...
+        hdr(W.VIRTIO_GPU_CMD_TRANSFER_TO_HOST_2D) + W.TRANSFER_TO_HOST_2D.pack(0, 0, 64, 64, 0, 9, 0),
+        hdr(W.VIRTIO_GPU_CMD_RESOURCE_UNREF) + W.RESOURCE_UNREF.pack(9, 0),  # ... and gone again
+        hdr(0x0207) + bytes(32),  # a 3D command
+        hdr(W.VIRTIO_GPU_CMD_RESOURCE_FLUSH)[:10],  # short header
+    ]  # fmt: skip
+    assert g.drv.make_resource(1, BGRX, 64, 64, pattern(64, 64)) is not None
+
+    def burst(n: int) -> None:
+        for i in range(0, n, 32):
+            g.drv.batch([cmds[(i + k) % len(cmds)] for k in range(32)])
+
+    burst(3000)
+    fds0, rss0 = _proc_usage(g.be.proc.pid)
+    burst(100_000)
+    fds1, rss1 = _proc_usage(g.be.proc.pid)
+    print(f"\nafter 100k hostile gpu commands: fds {fds0} -> {fds1}, RSS {rss0} -> {rss1} KiB")
+    assert fds1 == fds0
+    assert rss1 - rss0 < 4096, f"RSS grew by {rss1 - rss0} KiB"
+    assert g.drv.create_2d(2, BGRX, 8, 8) == OK
+    assert "Traceback" not in g.be.stderr()
+
+
+def test_sigterm_under_full_load(gpu) -> None:  # noqa: ANN001
+    """Full-frame transfers and flushes in flight: SIGTERM still ends the program within 500 ms."""
+    g = gpu()
+    w, h = 1920, 1080
+    g.drv.make_resource(1, BGRX, w, h, pattern(w, h))
+    assert g.drv.set_scanout(0, 1, 0, 0, w, h) == OK
+    work = [g.drv.transfer_cmd(1, 0, 0, w, h, 0), g.drv.flush_cmd(1, 0, 0, w, h)] * 16
+    for c in work:
+        g.drv.submit(c)
+    g.drv.ctrl.kick()
+    time.sleep(0.05)
+    t = time.monotonic()
+    g.be.proc.send_signal(signal.SIGTERM)
+    assert g.be.wait(5) == 0
+    assert time.monotonic() - t < 0.5
+    assert "Traceback" not in g.be.stderr()
