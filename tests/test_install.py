@@ -69,3 +69,18 @@ def test_uninstall_leaves_nothing(tmp_path: Path) -> None:
     subprocess.run([*common, "uninstall"], check=True, timeout=60)
     assert not any(p for p in dest.rglob("*") if not p.is_dir()), list(dest.rglob("*"))
     assert not (dest / "usr").exists()
+
+
+def test_installed_package_uses_the_compiled_ring() -> None:
+    """`make build` installs the package into site-packages with its extensions compiled."""
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VHOSTSUITE_NO_EXTENSIONS")}
+    code = (
+        "import vhostsuite, vhostsuite._ring as r, vhostsuite.ring as ring, vhostsuite.pixels as px;"
+        "print(vhostsuite.__file__); print(r.__file__); print(ring.Virtqueue is r.Virtqueue, px.NO_EXTENSIONS)"
+    )
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd="/", timeout=30)
+    assert r.returncode == 0, f"vhostsuite is not installed (run `make build`): {r.stderr}"
+    pkg, ext, flags = r.stdout.splitlines()
+    assert "site-packages" in pkg and not pkg.startswith(str(ROOT)), pkg
+    assert ext.endswith(".so") and "site-packages" in ext, ext
+    assert flags == "True False"
