@@ -21,7 +21,7 @@ PYTEST_ARGS ?=
 DEB_PACKAGES := gcc pkg-config libcairo2-dev libdrm-dev busybox-static debootstrap cpio kmod \
                 xz-utils zstd qemu-system-gui
 
-.PHONY: all deps pydeps build test check bench demo install uninstall clean lint fuzz
+.PHONY: all deps pydeps build test check bench demo install uninstall clean lint fuzz soak
 
 all: build
 
@@ -86,6 +86,11 @@ uninstall:
 	rm -rf $(DESTDIR)$(pkgpythondir)
 	-rmdir $(DESTDIR)$(libdir)/vhostsuite $(DESTDIR)$(datadir)/qemu/vhost-user $(DESTDIR)$(datadir)/qemu \
 	  $(DESTDIR)$(libexecdir) $(DESTDIR)$(datadir) $(DESTDIR)$(libdir) $(DESTDIR)$(exec_prefix) $(DESTDIR)$(prefix) 2>/dev/null
+
+# A long mixed-traffic soak on demand: RSS and fds of every back-end must stay flat.
+SOAK_SECONDS ?= 600
+soak: build
+	$(PYTHON) bench/soak.py --seconds $(SOAK_SECONDS)
 
 # Coverage-guided fuzzing on demand (the bounded Hypothesis fuzzing runs in `make test`).
 FUZZ_SECONDS ?= 300
