@@ -421,3 +421,51 @@ def test_many_fds_in_one_message(spawn):
             os.close(fd)
     assert be.wait() == 1
     assert "more than 8 fds" in be.stderr()
+
+
+def test_config_change_goes_to_the_backend_request_socket():
+    """A device's config_changed() reaches the front-end as BACKEND_CONFIG_CHANGE_MSG (needs BACKEND_REQ)."""
+    from vhostsuite.connection import Connection
+    from vhostsuite.devices.rng import RngDevice
+    from vhostsuite.loop import Loop
+
+    ours, theirs = socket.socketpair()
+    req_ours, req_theirs = socket.socketpair()
+    conn = Connection(theirs, RngDevice(), Loop())
+    try:
+        assert not conn.config_changed()  # nothing negotiated yet
+        features = P.U64.pack(1 << P.ProtocolFeature.BACKEND_REQ)
+        conn.handle(P.Message(P.Request.SET_PROTOCOL_FEATURES, P.VERSION, features))
+        conn.handle(P.Message(P.Request.SET_BACKEND_REQ_FD, P.VERSION, b"", (os.dup(req_theirs.fileno()),)))
+        assert conn.config_changed()
+        req_ours.settimeout(2)
+        assert req_ours.recv(64) == P.HEADER.pack(P.BackendRequest.CONFIG_CHANGE_MSG, P.VERSION, 0)
+    finally:
+        conn.close()
+        for s in (ours, req_ours, req_theirs):
+            s.close()
+
+
+def test_probe_tool(tmp_path):
+    """``python -m vhostsuite.frontend PATH`` reports what a back-end offers."""
+    import json
+    import subprocess
+    import sys
+
+    from .conftest import child_env
+
+    path = tmp_path / "rng.sock"
+    be = Backend([*program(RNG), f"--socket-path={path}"], tmp_path)
+    try:
+        r = subprocess.run([sys.executable, "-m", "vhostsuite.frontend", str(path)], capture_output=True, text=True,
+                           env=child_env(), timeout=20)  # fmt: skip
+        assert r.returncode == 0, r.stderr
+        out = json.loads(r.stdout)
+        assert int(out["features"], 16) & bit(VIRTIO_F_VERSION_1)
+        assert "REPLY_ACK" in out["protocol_features"] and out["queues"] == 1
+        assert be.wait() == 0  # the probe hung up: the back-end ends normally
+    finally:
+        be.stop()
+    r = subprocess.run([sys.executable, "-m", "vhostsuite.frontend", str(tmp_path / "none.sock"), "--timeout=0.2"],
+                       capture_output=True, text=True, env=child_env(), timeout=20)  # fmt: skip
+    assert r.returncode == 1 and "none.sock" in r.stderr

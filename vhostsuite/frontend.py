@@ -18,6 +18,7 @@ import os
 import select
 import socket
 import struct
+import sys
 import time
 from dataclasses import dataclass
 
@@ -515,3 +516,42 @@ class Frontend:
             return self.sock.recv(1, socket.MSG_PEEK) == b""
         except OSError as e:
             return e.errno in (errno.ECONNRESET, errno.EPIPE)
+
+
+def probe(fe: Frontend, config_size: int = 0) -> dict:
+    """What a back-end offers, asked the way QEMU asks at realize (nothing is started)."""
+    features = fe.get_features()
+    out: dict = {"features": f"{features:#x}"}
+    if features & bit(P.VHOST_USER_F_PROTOCOL_FEATURES):
+        pf = fe.get_protocol_features()
+        out["protocol_features"] = sorted(f.name for f in P.ProtocolFeature if pf & bit(f))
+        fe.set_protocol_features(pf)
+        if pf & bit(P.ProtocolFeature.MQ):
+            out["queues"] = fe.get_u64(P.Request.GET_QUEUE_NUM)
+        if pf & bit(P.ProtocolFeature.CONFIG) and config_size:
+            reply = fe.call(P.Request.GET_CONFIG, P.encode_config(0, bytes(config_size)))
+            out["config"] = P.decode_config(reply)[3].hex() if reply else None
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m vhostsuite.frontend PATH``: print what the back-end listening on PATH offers."""
+    import argparse
+    import json
+
+    p = argparse.ArgumentParser(prog="python -m vhostsuite.frontend", description=main.__doc__)
+    p.add_argument("path", help="the back-end's --socket-path")
+    p.add_argument("--config-size", type=int, default=0, metavar="N", help="also read N bytes of config space")
+    p.add_argument("--timeout", type=float, default=5.0, metavar="S", help="wait this long for the socket (default 5)")
+    args = p.parse_args(argv)
+    try:
+        with Frontend.connect(args.path, timeout=args.timeout, ram=GuestRam(1 << 20)) as fe:
+            print(json.dumps(probe(fe, args.config_size), indent=2))
+    except (OSError, FrontendError, P.ProtocolError) as e:
+        print(f"{p.prog}: {args.path}: {e}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
