@@ -50,7 +50,7 @@ test:
 check: build lint test
 
 lint:
-	$(PYTHON) -m ruff check vhostsuite tests bench bin
+	$(PYTHON) -m ruff check vhostsuite tests bench bin fuzz
 
 bench: build
 	$(PYTHON) -m pytest bench --benchmark-only -s --benchmark-columns=min,median,mean,ops,rounds
