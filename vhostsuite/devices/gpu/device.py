@@ -22,6 +22,7 @@ import cairo
 from ... import pixels
 from ...device import Device
 from ...errors import GuestMemoryError
+from ...protocol import Request
 from ...virtio import VIRTIO_ID_GPU, bit
 from . import edid
 from . import wire as W
@@ -148,7 +149,7 @@ class GpuDevice(Device):
 
     # -- display socket -------------------------------------------------------------------
     def vhost_request(self, request: int, payload: bytes, fds: list[int]) -> bool:
-        if request != 33:  # VHOST_USER_GPU_SET_SOCKET
+        if request != Request.GPU_SET_SOCKET:
             return False
         if len(fds) != 1:
             raise ValueError(f"GPU_SET_SOCKET needs exactly one fd, got {len(fds)}")
