@@ -23,7 +23,6 @@
  *   INPUT_EVENTS_DONE count=N
  * Autorepeat is pushed out (EVIOCSREP 60 s) so held keys don't add repeat events.
  */
-#define _GNU_SOURCE
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
@@ -221,33 +220,10 @@ int main(void)
 	alarm(param("vhs.input_timeout", 300));
 	/* Under TCG the event interrupts can starve a normal reader and overflow evdev's
 	 * 64-event client buffer: read with real-time priority. */
-	struct sched_param sp = {.sched_priority = 50};
+	struct sched_param sp = {.sched_priority = 90}; /* above threaded IRQs (50) */
 	if (sched_setscheduler(0, SCHED_FIFO, &sp))
 		printf("INPUT_SCHED_FAIL %s\n", strerror(errno));
 	mlockall(MCL_CURRENT | MCL_FUTURE);
-	/* With more than one CPU: interrupts on CPU 0, the reader alone on the last CPU, so the
-	 * interrupt handling of a burst can't keep the reader off its CPU. */
-	long ncpu = sysconf(_SC_NPROCESSORS_ONLN);
-	if (ncpu > 1) {
-		DIR *irqs = opendir("/proc/irq");
-		struct dirent *de;
-		while (irqs && (de = readdir(irqs))) {
-			char p[PATH_MAX];
-			snprintf(p, sizeof(p), "/proc/irq/%s/smp_affinity", de->d_name);
-			int afd = open(p, O_WRONLY);
-			if (afd >= 0) {
-				if (write(afd, "1\n", 2) < 0) { /* some IRQs can't move: fine */ }
-				close(afd);
-			}
-		}
-		if (irqs)
-			closedir(irqs);
-		cpu_set_t set;
-		CPU_ZERO(&set);
-		CPU_SET(ncpu - 1, &set);
-		if (sched_setaffinity(0, sizeof(set), &set))
-			printf("INPUT_AFFINITY_FAIL %s\n", strerror(errno));
-	}
 	printf("INPUT_READY\n");
 	fflush(stdout);
 	long idle_ms = param("vhs.input_idle", 10) * 1000;
