@@ -948,3 +948,9 @@ def test_uinput_grabbed_and_removed(spawn, uinput_tablet) -> None:
     ui.close()  # the device goes away
     assert be.wait(10) == 1
     assert f"input device {path} was removed" in be.stderr()
+
+
+def test_code_names_prefer_real_names_to_aliases() -> None:
+    assert C.code_name(C.EV_REP, 1) == "REP_PERIOD"  # not its alias REP_MAX
+    assert C.code_name(C.EV_LED, 1) == "LED_CAPSL"
+    assert C.code_name(C.EV_KEY, 30) == "KEY_A"

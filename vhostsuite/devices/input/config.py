@@ -326,8 +326,8 @@ def type_name(type_: int) -> str:
 
 def code_name(type_: int, code: int) -> str:
     names = _ecodes().bytype.get(type_, {}).get(code)
-    if isinstance(names, (list, tuple)):
-        names = names[0]
+    if isinstance(names, (list, tuple)):  # aliases: prefer the real name to REP_MAX, KEY_CNT ...
+        names = next((n for n in names if not n.endswith(("_MAX", "_CNT"))), names[0])
     return names if isinstance(names, str) else str(code)
 
 
