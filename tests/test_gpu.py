@@ -751,3 +751,14 @@ def test_sigterm_under_full_load(gpu) -> None:  # noqa: ANN001
     assert g.be.wait(5) == 0
     assert time.monotonic() - t < 0.5
     assert "Traceback" not in g.be.stderr()
+
+
+def test_frontend_disconnect_in_the_middle_of_a_command(gpu) -> None:  # noqa: ANN001
+    """A command parked on QEMU's answer when the front-end goes away: a clean exit, status 0."""
+    g = gpu("-v", "--display-timeout=30", display=GpuDisplay(answer=False))
+    g.drv.submit(hdr(W.VIRTIO_GPU_CMD_GET_DISPLAY_INFO), W.RESP_DISPLAY_INFO_SIZE)
+    g.drv.ctrl.kick()
+    assert g.fe.get_features()  # the command is parked; messages are still served
+    g.fe.sock.close()
+    assert g.be.wait(5) == 0
+    assert "hung up" in g.be.stderr() and "Traceback" not in g.be.stderr()
