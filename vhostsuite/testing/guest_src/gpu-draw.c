@@ -18,6 +18,7 @@
 #include <sys/mman.h>
 #include <unistd.h>
 #include <drm.h>
+#include "vhs.h"
 #include <drm_mode.h>
 
 static uint32_t pattern1(uint32_t x, uint32_t y)
@@ -45,21 +46,6 @@ static void die(const char *what)
     printf("GPU-ERROR %s: %s\n", what, strerror(errno));
     fflush(stdout);
     exit(1);
-}
-
-static int cmdline_int(const char *key, int def)
-{
-    char buf[4096];
-    int fd = open("/proc/cmdline", O_RDONLY);
-    if (fd < 0)
-        return def;
-    ssize_t n = read(fd, buf, sizeof(buf) - 1);
-    close(fd);
-    if (n <= 0)
-        return def;
-    buf[n] = 0;
-    char *p = strstr(buf, key);
-    return p ? atoi(p + strlen(key)) : def;
 }
 
 int main(void)
@@ -159,7 +145,7 @@ int main(void)
     printf("GPU-FRAME1 %u %u\n", w, h);
     fflush(stdout);
 
-    sleep(cmdline_int("vhs.gpu_delay=", 6));
+    sleep(vhs_param("vhs.gpu_delay", 6));
 
     uint32_t rx = w / 4, ry = h / 4, rw = w / 3, rh = h / 5;
     for (uint32_t y = ry; y < ry + rh; y++) {
@@ -173,6 +159,6 @@ int main(void)
         die("DIRTYFB");
     printf("GPU-FRAME2 %u %u %u %u\n", rx, ry, rw, rh);
     fflush(stdout);
-    sleep(cmdline_int("vhs.gpu_hold=", 600));
+    sleep(vhs_param("vhs.gpu_hold", 600));
     return 0;
 }

@@ -39,27 +39,9 @@
 #include <time.h>
 #include <unistd.h>
 
-#define BITS_BYTES (KEY_MAX / 8 + 1)
+#include "vhs.h"
 
-static long param(const char *name, long def)
-{
-	char buf[4096];
-	int fd = open("/proc/cmdline", O_RDONLY);
-	if (fd < 0)
-		return def;
-	ssize_t n = read(fd, buf, sizeof(buf) - 1);
-	close(fd);
-	if (n <= 0)
-		return def;
-	buf[n] = 0;
-	char key[128];
-	snprintf(key, sizeof(key), "%s=", name);
-	for (char *p = buf; (p = strstr(p, key)) != NULL; p++) {
-		if (p == buf || p[-1] == ' ')
-			return strtol(p + strlen(key), NULL, 0);
-	}
-	return def;
-}
+#define BITS_BYTES (KEY_MAX / 8 + 1)
 
 /* The event device whose parent is a virtio device. */
 static int find_virtio_input(char *path, size_t len)
@@ -187,7 +169,7 @@ int main(void)
 	memset(leds, 0, sizeof(leds));
 	if (test_bit(types, EV_LED))
 		ioctl(fd, EVIOCGBIT(EV_LED, sizeof(leds)), leds);
-	long led = param("vhs.input_led", test_bit(leds, LED_CAPSL) ? LED_CAPSL : -1);
+	long led = vhs_param("vhs.input_led", test_bit(leds, LED_CAPSL) ? LED_CAPSL : -1);
 	struct input_event w[2];
 	memset(w, 0, sizeof(w));
 	w[0].type = EV_LED;
@@ -214,10 +196,10 @@ int main(void)
 		;
 	fcntl(fd, F_SETFL, flags);
 
-	want = param("vhs.input_events", 0);
+	want = vhs_param("vhs.input_events", 0);
 	events = calloc(want > 0 ? want : 1, sizeof(*events));
 	signal(SIGALRM, on_alarm);
-	alarm(param("vhs.input_timeout", 300));
+	alarm(vhs_param("vhs.input_timeout", 300));
 	/* Under TCG the event interrupts can starve a normal reader and overflow evdev's
 	 * 64-event client buffer: read with real-time priority. */
 	struct sched_param sp = {.sched_priority = 90}; /* above threaded IRQs (50) */
@@ -226,7 +208,7 @@ int main(void)
 	mlockall(MCL_CURRENT | MCL_FUTURE);
 	printf("INPUT_READY\n");
 	fflush(stdout);
-	long idle_ms = param("vhs.input_idle", 10) * 1000;
+	long idle_ms = vhs_param("vhs.input_idle", 10) * 1000;
 	while (got < want) {
 		struct input_event buf[256];
 		if (got > 0) {
@@ -251,6 +233,6 @@ int main(void)
 	print_events();
 	printf("INPUT_EVENTS_DONE count=%ld\n", got);
 	fflush(stdout);
-	sleep(param("vhs.input_linger", 0)); /* lets the host query the back-end before power-off */
+	sleep(vhs_param("vhs.input_linger", 0)); /* lets the host query the back-end before power-off */
 	return 0;
 }
