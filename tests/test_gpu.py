@@ -401,8 +401,13 @@ def test_set_scanout_errors_and_disable(gpu) -> None:  # noqa: ANN001
     assert d.set_scanout(0, 1, 0, 0, 0, 0) == BAD_PARAM
     assert d.set_scanout(0, 1, 8, 16, 32, 16) == OK
     assert d.set_scanout(0, 0, 0, 0, 0, 0) == OK  # disable
-    sc = [W.GPU_SCANOUT.unpack(m.payload) for m in g.display.of_type(W.VHOST_USER_GPU_SCANOUT)]
-    assert sc == [(0, 32, 16), (0, 0, 0)]
+
+    def scanouts() -> list[tuple[int, int, int]]:
+        return [W.GPU_SCANOUT.unpack(m.payload) for m in g.display.of_type(W.VHOST_USER_GPU_SCANOUT)]
+
+    # the display thread records what arrives on its own schedule: wait for the second message
+    g.display.wait_for(lambda: len(scanouts()) >= 2)
+    assert scanouts() == [(0, 32, 16), (0, 0, 0)]
     assert d.flush(1, 0, 0, 64, 64) == OK  # no longer on a scanout: no UPDATE
     time.sleep(0.1)
     assert g.display.updates == 0
