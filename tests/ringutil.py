@@ -12,11 +12,11 @@ from dataclasses import dataclass, field
 
 from vhostsuite import ring
 from vhostsuite.memory import GuestMemory, Region
+from vhostsuite.virtio import VRING_DESC as DESC
 from vhostsuite.virtio import VRING_DESC_F_INDIRECT, VRING_DESC_F_NEXT, VRING_DESC_F_WRITE
+from vhostsuite.virtio import VRING_USED_ELEM as USED_ELEM
 
-DESC = struct.Struct("<QIHH")
 U16 = struct.Struct("<H")
-USED_ELEM = struct.Struct("<II")
 
 #: The implementations under test, by id: the compiled one unless it is missing or
 #: VHOSTSUITE_NO_EXTENSIONS is set.

@@ -135,7 +135,7 @@ globals().update(HEADER_CONSTANTS)
 VIRTQUEUE_MAX_SIZE = _VIRTQUEUE_MAX_SIZE
 
 _U16 = struct.Struct("<H")
-_USED_ELEM = struct.Struct("<II")
+from .virtio import VRING_USED_ELEM as _USED_ELEM  # the reference's layout, for its error messages
 cdef object _U64_LIMIT = 1 << 64
 cdef object _MASK16 = 0xFFFF
 cdef object _MASK32 = 0xFFFFFFFF

@@ -7,7 +7,6 @@ hostile rings. Ring memory is little-endian (VIRTIO_F_VERSION_1).
 
 from __future__ import annotations
 
-import struct
 import sys
 
 from .errors import GuestMemoryError, RingError
@@ -15,18 +14,18 @@ from .memory import GuestMemory
 from .virtio import (
     VIRTQUEUE_MAX_SIZE,
     VRING_AVAIL_F_NO_INTERRUPT,
+    VRING_DESC,
     VRING_DESC_F_INDIRECT,
     VRING_DESC_F_NEXT,
     VRING_DESC_F_WRITE,
     VRING_DESC_SIZE,
+    VRING_USED_ELEM,
     VRING_USED_ELEM_SIZE,
 )
 
 if sys.byteorder != "little":  # pragma: no cover
     raise ImportError("vhostsuite supports little-endian hosts only (virtio 1.x rings are little-endian)")
 
-_DESC = struct.Struct("<QIHH")
-_USED_ELEM = struct.Struct("<II")
 _U32_MAX = 0xFFFFFFFF
 
 
@@ -203,7 +202,7 @@ class Virtqueue:
             if count >= limit:
                 raise RingError(f"descriptor chain from {head} is longer than its table ({limit}): a loop?")
             count += 1
-            addr, length, flags, nxt = _DESC.unpack_from(table, i * VRING_DESC_SIZE)
+            addr, length, flags, nxt = VRING_DESC.unpack_from(table, i * VRING_DESC_SIZE)
             if flags & VRING_DESC_F_INDIRECT:
                 if indirect:
                     raise RingError(f"nested indirect table in chain {head}")
@@ -251,7 +250,7 @@ class Virtqueue:
 
     def push_head(self, head: int, length: int) -> None:
         slot = self.used_idx % self.num
-        _USED_ELEM.pack_into(self._used, 4 + VRING_USED_ELEM_SIZE * slot, head, length & _U32_MAX)
+        VRING_USED_ELEM.pack_into(self._used, 4 + VRING_USED_ELEM_SIZE * slot, head, length & _U32_MAX)
         self.used_idx = (self.used_idx + 1) & 0xFFFF
         self._used16[1] = self.used_idx
 

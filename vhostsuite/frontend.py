@@ -30,14 +30,13 @@ from .virtio import (
     VIRTIO_CONFIG_S_DRIVER_OK,
     VIRTIO_CONFIG_S_FEATURES_OK,
     VIRTIO_RING_F_EVENT_IDX,
+    VRING_DESC,
     VRING_DESC_F_INDIRECT,
     VRING_DESC_F_NEXT,
     VRING_DESC_F_WRITE,
+    VRING_USED_ELEM,
     bit,
 )
-
-_DESC = struct.Struct("<QIHH")
-_USED_ELEM = struct.Struct("<II")
 
 #: Where our fake front-end "virtual addresses" start (QEMU's are its own mmap addresses).
 UVA_BASE = 0x7F00_0000_0000
@@ -157,7 +156,7 @@ class DriverQueue:
 
     # -- raw access for hostile tests ------------------------------------------------
     def write_desc(self, i: int, addr: int, length: int, flags: int, nxt: int) -> None:
-        _DESC.pack_into(self.desc, 16 * i, addr, length, flags, nxt)
+        VRING_DESC.pack_into(self.desc, 16 * i, addr, length, flags, nxt)
 
     def publish(self, head: int) -> None:
         """Put *head* in the avail ring and advance the avail index."""
@@ -198,7 +197,7 @@ class DriverQueue:
             table = self.ram.alloc(16 * len(bufs))
             for i, (gpa, size, w) in enumerate(bufs):
                 flags = (VRING_DESC_F_WRITE if w else 0) | (VRING_DESC_F_NEXT if i + 1 < len(bufs) else 0)
-                _DESC.pack_into(self.ram.view_of(table, 16 * len(bufs)), 16 * i, gpa, size, flags, i + 1)
+                VRING_DESC.pack_into(self.ram.view_of(table, 16 * len(bufs)), 16 * i, gpa, size, flags, i + 1)
             head = self.free_desc.pop()
             self.write_desc(head, table, 16 * len(bufs), VRING_DESC_F_INDIRECT, 0)
             self.inflight[head] = ([head], bufs, (table, 16 * len(bufs)))
@@ -223,7 +222,7 @@ class DriverQueue:
         out = []
         while self.last_used != self.used_idx():
             slot = self.last_used % self.num
-            head, length = _USED_ELEM.unpack_from(self.used, 4 + 8 * slot)
+            head, length = VRING_USED_ELEM.unpack_from(self.used, 4 + 8 * slot)
             self.last_used = (self.last_used + 1) & 0xFFFF
             if self.event_idx:
                 self.set_used_event(self.last_used)

@@ -4,6 +4,8 @@ This is the one place Python code takes them from; ``_ring.pyx`` reads the same
 values straight from ``<linux/virtio_ring.h>`` and a unit test checks both agree.
 """
 
+import struct
+
 # <linux/virtio_ids.h>
 VIRTIO_ID_RNG = 4
 VIRTIO_ID_GPU = 16
@@ -35,9 +37,11 @@ VRING_AVAIL_F_NO_INTERRUPT = 1
 VIRTIO_RING_F_INDIRECT_DESC = 28
 VIRTIO_RING_F_EVENT_IDX = 29
 
-#: Size of one split-ring descriptor (struct vring_desc) and used element (struct vring_used_elem).
-VRING_DESC_SIZE = 16
-VRING_USED_ELEM_SIZE = 8
+#: struct vring_desc (addr, len, flags, next) and struct vring_used_elem (id, len), little-endian.
+VRING_DESC = struct.Struct("<QIHH")
+VRING_USED_ELEM = struct.Struct("<II")
+VRING_DESC_SIZE = VRING_DESC.size
+VRING_USED_ELEM_SIZE = VRING_USED_ELEM.size
 
 #: The largest split virtqueue the virtio spec allows.
 VIRTQUEUE_MAX_SIZE = 32768
