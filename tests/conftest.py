@@ -37,6 +37,14 @@ class Backend:
         self._stderr = open(self.stderr_path, "w+b")  # noqa: SIM115 - closed in stop()
         self.proc = subprocess.Popen(argv, stderr=self._stderr, pass_fds=pass_fds, env=child_env())
 
+    def wait_listening(self, path: Path, timeout: float = 10.0) -> None:
+        """Wait until the program's socket file *path* exists (it is listening)."""
+        deadline = time.monotonic() + timeout
+        while not path.exists():
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                raise AssertionError(f"{path} did not appear (status {self.proc.poll()}): {self.stderr()[-2000:]}")
+            time.sleep(0.005)
+
     def stderr(self) -> str:
         return self.stderr_path.read_text(errors="replace")
 

@@ -285,10 +285,7 @@ def test_sigterm_idle_before_connection(tmp_path):
     path = tmp_path / "rng.sock"
     be = Backend([*program(RNG), f"--socket-path={path}"], tmp_path)
     try:
-        deadline = time.monotonic() + 5
-        while not path.exists() and time.monotonic() < deadline:
-            time.sleep(0.005)
-        assert path.exists()
+        be.wait_listening(path)
         _sigterm_within(be)
         assert not path.exists()
     finally:
@@ -394,9 +391,7 @@ def test_second_instance_on_a_live_socket_is_refused(tmp_path):
     path = tmp_path / "rng.sock"
     first = Backend([*program(RNG), f"--socket-path={path}"], tmp_path)
     try:
-        deadline = time.monotonic() + 5
-        while not path.exists() and time.monotonic() < deadline:
-            time.sleep(0.005)
+        first.wait_listening(path)
         be = Backend([*program(RNG), f"--socket-path={path}"], tmp_path)
         try:
             assert be.wait() == 1

@@ -47,9 +47,7 @@ def test_guest_draws_on_our_gpu(vm_factory, tmp_path, mode) -> None:  # noqa: AN
     if mode == "socket-path":
         path = tmp_path / "gpu.sock"
         be = Backend([*program("vhost-user-gpu"), f"--socket-path={path}", "-v"], tmp_path)
-        deadline = time.monotonic() + 10
-        while not path.exists() and time.monotonic() < deadline:
-            time.sleep(0.01)
+        be.wait_listening(path)
         chardev, pass_fds = f"socket,id=gpu0,path={path}", ()
     else:  # as libvirt does it: a connected socketpair, one end each
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)

@@ -138,9 +138,7 @@ def test_virtual_device_in_guest(vm_factory, tmp_path, kind: str) -> None:
     )
     ctl = None
     try:
-        deadline = time.monotonic() + 10
-        while not sock.exists() and time.monotonic() < deadline:
-            time.sleep(0.01)
+        be.wait_listening(sock)
         vm = vm_factory(
             "input-test",
             ["-chardev", f"socket,id=in0,path={sock}", "-device", "vhost-user-input-pci,chardev=in0"],

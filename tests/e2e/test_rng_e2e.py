@@ -43,11 +43,7 @@ def test_guest_reads_hwrng_from_our_backend(vm_factory, tmp_path, mode):
         keep = ours
     try:
         if mode == "socket-path":
-            import time
-
-            deadline = time.monotonic() + 5
-            while not path.exists() and time.monotonic() < deadline:
-                time.sleep(0.01)
+            be.wait_listening(path)
         vm = vm_factory(
             "rng",
             ["-chardev", chardev, "-device", "vhost-user-rng-pci,chardev=rng0"],
