@@ -551,6 +551,22 @@ def test_event_idx_wraps(impl: type) -> None:
     assert vq.need_notify() is True
 
 
+def test_request_kick_with_buffers_still_available(impl: type) -> None:
+    """A device pausing with buffers left asks for a kick at the driver's next addition."""
+    g = GuestRing(8)
+    g.write_u16(g.used_gpa + 4 + 8 * 8, 0x5555)
+    vq = g.queue(impl, event_idx=True)
+    g.add_chain([b"a"])
+    g.add_chain([b"b"])
+    assert vq.pop().read() == b"a"  # one chain left available
+    vq.request_kick()
+    assert g.avail_event() == 2  # the driver's current index: its next addition crosses it
+    plain = GuestRing(8)
+    plain.write_u16(plain.used_gpa + 4 + 8 * 8, 0x5555)
+    plain.queue(impl, event_idx=False).request_kick()  # without EVENT_IDX the driver always kicks
+    assert plain.avail_event() == 0x5555
+
+
 def test_avail_event_written_when_empty(impl: type) -> None:
     g = GuestRing(8)
     g.write_u16(g.used_gpa + 4 + 8 * 8, 0x5555)

@@ -215,6 +215,8 @@ def test_same_outcomes(data: st.DataObject) -> None:
             gp.set_used_event(ev)
             g2.set_used_event(ev)
         assert outcome(vc.need_notify) == outcome(vp.need_notify)
+        if data.draw(st.integers(0, 3)) == 0:  # the device pauses and asks for the next kick
+            assert outcome(vc.request_kick) == outcome(vp.request_kick)
         assert (vc.used_idx, vc.last_avail_idx) == (vp.used_idx, vp.last_avail_idx)
 
     assert outcome(vc.pending) == outcome(vp.pending)

@@ -788,6 +788,24 @@ cdef class Virtqueue:
         vs_st16(self._used + 2, self._used_idx)
         return 0
 
+    def request_kick(self):
+        """Ask for a kick when the driver next makes buffers available, even if some already are.
+
+        With EVENT_IDX this sets avail_event to the current avail index (re-read until it is
+        stable, so a driver that added buffers meanwhile is not missed); without it the driver
+        kicks on every addition anyway.
+        """
+        cdef uint16_t idx
+        _check_init(self)
+        if not self.event_idx:
+            return
+        while True:
+            idx = vs_ld16(self._avail + 2)
+            vs_st16(self._used + 4 + _USED_ELEM_SIZE * self.num, idx)
+            vs_fence_full()     # the store is seen before we look at the driver's index again
+            if vs_ld16(self._avail + 2) == idx:
+                return
+
     def need_notify(self):
         """Whether the driver wants an interrupt for what was pushed since the last call."""
         cdef uint16_t new = self._used_idx, old = self._signalled_used, used_event

@@ -254,6 +254,21 @@ class Virtqueue:
         self.used_idx = (self.used_idx + 1) & 0xFFFF
         self._used16[1] = self.used_idx
 
+    def request_kick(self) -> None:
+        """Ask for a kick when the driver next makes buffers available, even if some already are.
+
+        With EVENT_IDX this sets avail_event to the current avail index (re-read until it is
+        stable, so a driver that added buffers meanwhile is not missed); without it the driver
+        kicks on every addition anyway.
+        """
+        if not self.event_idx:
+            return
+        while True:
+            idx = self._avail16[1]
+            self._used16[2 + 4 * self.num] = idx  # avail_event
+            if self._avail16[1] == idx:
+                return
+
     def need_notify(self) -> bool:
         """Whether the driver wants an interrupt for what was pushed since the last call."""
         new = self.used_idx

@@ -9,6 +9,12 @@ When the guest has fewer buffers than the ready events need (QEMU >= 9.0 gives t
 queue only 4 entries), what fits is delivered and the rest follows, in order, as the guest
 returns buffers (its kick). Nothing is dropped while the guest keeps reading.
 
+One batch per interrupt: after a batch's SYN_REPORT the device notifies and waits for the
+guest's next kick before starting the next batch, even with buffers left, as QEMU's own
+virtio-input and USB HID (one report per interrupt) do. Filling every free buffer across
+batches instead let a burst outrun a Linux guest's reader under TCG: its 64-event evdev
+client buffer overflowed (measured: 866 of 2,000 events read, against 2,000 now).
+
 Overflow
 --------
 What waits for the guest (ready events plus the open batch) is bounded by ``max_pending``
@@ -58,6 +64,9 @@ STATUS_QUEUE = 1
 STATUS_TYPES = frozenset({C.EV_LED, C.EV_SND, C.EV_REP, C.EV_FF})
 #: Default bound on events waiting for the guest.
 MAX_PENDING = 8192
+#: After a batch the device waits for the guest's kick; a driver that never kicks still gets
+#: the next batch after this many seconds.
+RESUME_AFTER = 0.02
 
 _EVENT = struct.Struct("<HHi")
 _SYN_DROPPED: Event = (C.EV_SYN, C.SYN_DROPPED, 0)
@@ -88,6 +97,9 @@ class InputDevice(Device):
         self.overflows = 0
         self.status_events = 0
         self._started = False
+        #: Paused after a batch, waiting for the guest's kick (or the fallback timer).
+        self._paused = False
+        self._resume_timer: int | None = None
         self._warned: set[str] = set()
         if hasattr(source, "state"):
             source.state = self.state
@@ -107,6 +119,7 @@ class InputDevice(Device):
 
     def queue_ready(self, index: int) -> None:
         if index == EVENT_QUEUE:
+            self._unpause()
             self._deliver()
         elif index == STATUS_QUEUE:
             self._status()
@@ -118,6 +131,7 @@ class InputDevice(Device):
         self.ready.clear()
         self.partial.clear()
         self.skipping = False
+        self._unpause()
         self.config.write(0, b"\0\0")
 
     def close(self) -> None:
@@ -184,7 +198,7 @@ class InputDevice(Device):
 
     def _deliver(self, notify: bool = False) -> None:
         ready = self.ready
-        if not ready or self.ctx is None:
+        if not ready or self.ctx is None or self._paused:
             return
         vq = self.ctx.queue(EVENT_QUEUE)
         if vq is None:
@@ -201,10 +215,17 @@ class InputDevice(Device):
                         f"event queue buffer of {chain.write_size} writable bytes (needs {_EVENT.size})", EVENT_QUEUE
                     )
                     return
-                chain.write(pack(*ready[0]))
-                ready.popleft()
+                event = ready.popleft()
+                chain.write(pack(*event))
                 vq.push(chain, _EVENT.size)
                 pushed += 1
+                if event[0] == C.EV_SYN and event[1] == C.SYN_REPORT and ready:
+                    # One report per interrupt: the next batch goes out when the guest has
+                    # taken this one and hands buffers back (its kick), even if some are left.
+                    vq.request_kick()
+                    self._paused = True
+                    self._resume_timer = self.ctx.loop.call_later(RESUME_AFTER, self._resume)
+                    break
         except RingError as e:
             self.ctx.mark_broken(f"queue {EVENT_QUEUE}: {e}", EVENT_QUEUE)
             return
@@ -212,6 +233,19 @@ class InputDevice(Device):
             self.delivered += pushed
         if pushed and notify:
             self.ctx.notify(EVENT_QUEUE)
+
+    def _unpause(self) -> None:
+        self._paused = False
+        if self._resume_timer is not None and self.ctx is not None:
+            self.ctx.loop.cancel(self._resume_timer)
+        self._resume_timer = None
+
+    def _resume(self) -> None:
+        """The fallback timer: the guest did not kick after the last batch; send the next one."""
+        self._resume_timer = None
+        if self._paused:
+            self._paused = False
+            self._deliver(notify=True)
 
     # -- the status queue ---------------------------------------------------------------
     def _status(self) -> None:
