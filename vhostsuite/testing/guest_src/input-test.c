@@ -29,8 +29,6 @@
 #include <limits.h>
 #include <linux/input.h>
 #include <poll.h>
-#include <sched.h>
-#include <sys/mman.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -200,12 +198,6 @@ int main(void)
 	events = calloc(want > 0 ? want : 1, sizeof(*events));
 	signal(SIGALRM, on_alarm);
 	alarm(vhs_param("vhs.input_timeout", 300));
-	/* Under TCG the event interrupts can starve a normal reader and overflow evdev's
-	 * 64-event client buffer: read with real-time priority. */
-	struct sched_param sp = {.sched_priority = 90}; /* above threaded IRQs (50) */
-	if (sched_setscheduler(0, SCHED_FIFO, &sp))
-		printf("INPUT_SCHED_FAIL %s\n", strerror(errno));
-	mlockall(MCL_CURRENT | MCL_FUTURE);
 	printf("INPUT_READY\n");
 	fflush(stdout);
 	long idle_ms = vhs_param("vhs.input_idle", 10) * 1000;
