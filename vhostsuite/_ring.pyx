@@ -792,14 +792,15 @@ cdef class Virtqueue:
         """Ask for a kick when the driver next makes buffers available, even if some already are.
 
         With EVENT_IDX this sets avail_event to the current avail index (re-read until it is
-        stable, so a driver that added buffers meanwhile is not missed); without it the driver
-        kicks on every addition anyway.
+        stable, at most 8 times, so a driver that added buffers meanwhile is not missed); without
+        it the driver kicks on every addition anyway.
         """
         cdef uint16_t idx
+        cdef int tries
         _check_init(self)
         if not self.event_idx:
             return
-        while True:
+        for tries in range(8):  # bounded: a guest that keeps moving its index must not spin us
             idx = vs_ld16(self._avail + 2)
             vs_st16(self._used + 4 + _USED_ELEM_SIZE * self.num, idx)
             vs_fence_full()     # the store is seen before we look at the driver's index again

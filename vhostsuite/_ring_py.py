@@ -258,12 +258,12 @@ class Virtqueue:
         """Ask for a kick when the driver next makes buffers available, even if some already are.
 
         With EVENT_IDX this sets avail_event to the current avail index (re-read until it is
-        stable, so a driver that added buffers meanwhile is not missed); without it the driver
-        kicks on every addition anyway.
+        stable, at most 8 times, so a driver that added buffers meanwhile is not missed); without
+        it the driver kicks on every addition anyway.
         """
         if not self.event_idx:
             return
-        while True:
+        for _ in range(8):  # bounded: a guest that keeps moving its index must not spin us
             idx = self._avail16[1]
             self._used16[2 + 4 * self.num] = idx  # avail_event
             if self._avail16[1] == idx:
