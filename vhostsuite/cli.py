@@ -11,24 +11,15 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
-import socket
-import stat
 import sys
 from collections.abc import Callable, Sequence
 
 from . import __version__
+from .errors import EXIT_FAILURE, EXIT_OK, EXIT_USAGE, StartupError
+
+__all__ = ["EXIT_FAILURE", "EXIT_OK", "EXIT_USAGE", "StartupError", "make_parser", "run"]
 
 log = logging.getLogger("vhostsuite")
-
-EXIT_OK = 0
-EXIT_FAILURE = 1
-EXIT_USAGE = 2
-
-
-class StartupError(Exception):
-    """Something the program needs can't be had: exit early with status != 0 and this message."""
-
 
 def make_parser(prog: str, description: str, epilog: str | None = None) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
@@ -72,54 +63,6 @@ def setup_logging(prog: str, verbose: int, quiet: bool) -> None:
 def check_connection_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
     if (args.socket_path is None) == (args.fd is None):
         parser.error("exactly one of --socket-path and --fd is required")
-
-
-def socket_from_fd(fd: int) -> socket.socket:
-    """The connected stream socket *fd*, or StartupError saying why it is not usable."""
-    try:
-        st = os.fstat(fd)
-    except OSError as e:
-        raise StartupError(f"--fd={fd}: {e.strerror}") from None
-    if not stat.S_ISSOCK(st.st_mode):
-        raise StartupError(f"--fd={fd} is not a socket")
-    sock = socket.socket(fileno=fd)
-    if sock.family != socket.AF_UNIX or sock.type != socket.SOCK_STREAM:
-        sock.detach()
-        raise StartupError(f"--fd={fd} is not a UNIX stream socket")
-    if sock.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN):
-        sock.detach()
-        raise StartupError(f"--fd={fd} is a listening socket; --fd takes an already connected one")
-    return sock
-
-
-def listen(path: str) -> socket.socket:
-    """Listen on *path*; a stale socket file there is replaced, anything else is an error."""
-    try:
-        st = os.lstat(path)
-    except FileNotFoundError:
-        pass
-    except OSError as e:
-        raise StartupError(f"--socket-path={path}: {e.strerror}") from None
-    else:
-        if not stat.S_ISSOCK(st.st_mode):
-            raise StartupError(f"--socket-path={path} exists and is not a socket")
-        probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        try:
-            probe.connect(path)
-        except OSError:
-            os.unlink(path)  # nobody listens there: a leftover
-        else:
-            raise StartupError(f"--socket-path={path}: another program is listening there")
-        finally:
-            probe.close()
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    try:
-        sock.bind(path)
-        sock.listen(1)
-    except OSError as e:
-        sock.close()
-        raise StartupError(f"--socket-path={path}: {e.strerror}") from None
-    return sock
 
 
 def run(

@@ -1,10 +1,15 @@
 """One vhost-user connection, back-end side: reads messages with their fds, keeps the
-feature, memory and ring state, applies the reply rules, and drives the device.
+feature and memory state, applies the reply rules, and sets up the rings the core runs
+(:mod:`vhostsuite.vring`).
 
 Ring states follow the spec: each ring is stopped and disabled at first; it starts when
 its kick fd is set or signalled and stops at GET_VRING_BASE; it is processed only while
 started, enabled and mapped. While every ring is stopped the device writes no guest memory
 and sends nothing.
+
+Requests are dispatched through one explicit table (:meth:`Connection._request_table`):
+request id -> the method that handles it; a device adds its own requests (e.g.
+GPU_SET_SOCKET) through ``Device.requests``.
 """
 
 from __future__ import annotations
@@ -13,14 +18,14 @@ import array
 import logging
 import os
 import socket
-from dataclasses import dataclass
+from collections.abc import Callable
 
 from . import protocol as P
-from .device import Device
-from .errors import GuestMemoryError, RingError
-from .loop import Loop, drain_eventfd, signal_eventfd
+from .device import Device, Response
+from .errors import GuestMemoryError, StartupError
+from .loop import Loop, signal_eventfd
 from .memory import GuestMemory, Region, close_fds
-from .ring import Virtqueue, ring_sizes
+from .ring import Chain
 from .virtio import (
     VIRTIO_CONFIG_S_NEEDS_RESET,
     VIRTIO_F_VERSION_1,
@@ -28,6 +33,7 @@ from .virtio import (
     VIRTIO_RING_F_INDIRECT_DESC,
     bit,
 )
+from .vring import Vring
 
 log = logging.getLogger("vhostsuite.connection")
 
@@ -68,19 +74,9 @@ class Failed(Exception):
     """A message that is refused: answered with a failure status where one is expected."""
 
 
-@dataclass
-class Vring:
-    index: int
-    num: int = 0
-    addr: P.VringAddr | None = None
-    base: int = 0
-    kick_fd: int | None = None
-    call_fd: int | None = None
-    err_fd: int | None = None
-    started: bool = False
-    enabled: bool = False
-    vq: Virtqueue | None = None
-    broken: bool = False
+#: A request handler: (payload, fds) -> reply payload (for requests with a reply of their
+#: own) or None. It pops the fds it keeps; the rest are closed after it returns.
+RequestHandler = Callable[[bytes, list[int]], "bytes | None"]
 
 
 class Connection:
@@ -96,39 +92,31 @@ class Connection:
         self.status = 0
         self.owner = False
         self.backend_req: socket.socket | None = None
-        self.rings = [Vring(i) for i in range(device.num_queues)]
+        self.rings = [Vring(i, spec, loop, self) for i, spec in enumerate(device.queues)]
         self.closed = False
+        self._requests = self._request_table()
         sock.setblocking(True)
+        # Exceptions from the device's own callbacks (display socket, evdev, control socket)
+        # meet the same policy as those from its queue handlers.
+        loop.error_handler = self._callback_failed
         device.attach(self)
 
+    @property
+    def event_idx(self) -> bool:
+        return bool(self.features & bit(VIRTIO_RING_F_EVENT_IDX))
+
     # -- DeviceContext -------------------------------------------------------------
-    def queue(self, index: int) -> Virtqueue | None:
-        if not 0 <= index < len(self.rings):
-            return None
-        ring = self.rings[index]
-        if ring.started and ring.enabled and not ring.broken and self._materialize(ring):
-            return ring.vq
-        return None
+    def complete(self, queue: int, chain: Chain, response: Response = None) -> bool:
+        return self.rings[queue].complete(chain, response)
 
-    def notify(self, index: int) -> None:
-        ring = self.rings[index]
-        vq = ring.vq
-        if vq is None or not ring.started or ring.call_fd is None:
-            return
-        if vq.need_notify():
-            signal_eventfd(ring.call_fd)
+    def hold(self, queue: int) -> None:
+        self.rings[queue].held = True
 
-    def mark_broken(self, reason: str, index: int | None = None) -> None:
-        log.error("device broken: %s", reason)
-        self.status |= VIRTIO_CONFIG_S_NEEDS_RESET
-        rings = self.rings if index is None else [self.rings[index]]
-        for ring in rings:
-            ring.broken = True
-            ring.vq = None
-            if ring.err_fd is not None:
-                signal_eventfd(ring.err_fd)
-            if ring.kick_fd is not None:
-                self.loop.remove_reader(ring.kick_fd)
+    def release(self, queue: int) -> None:
+        ring = self.rings[queue]
+        if ring.held:
+            ring.held = False
+            ring.schedule()
 
     def config_changed(self) -> bool:
         if self.backend_req is None or not self._proto(P.ProtocolFeature.BACKEND_REQ):
@@ -139,6 +127,21 @@ class Connection:
         except OSError as e:
             log.warning("config change notification failed: %s", e)
             return False
+
+    # -- the error policy ----------------------------------------------------------
+    def mark_broken(self, reason: str, index: int | None = None) -> None:
+        """The guest broke the device (or the device failed): NEEDS_RESET, stop the queue(s),
+        signal their err fds. The process keeps serving; a reset makes the device usable again."""
+        log.error("device broken: %s", reason)
+        self.status |= VIRTIO_CONFIG_S_NEEDS_RESET
+        for ring in self.rings if index is None else [self.rings[index]]:
+            ring.break_()
+
+    def _callback_failed(self, exc: Exception) -> None:
+        if isinstance(exc, (Disconnected, FatalProtocolError, StartupError)):
+            raise exc  # these end the service; server.serve reports them
+        log.error("device callback failed", exc_info=exc)
+        self.mark_broken(f"internal error {exc!r}")
 
     # -- reading -------------------------------------------------------------------
     def on_readable(self) -> None:
@@ -198,25 +201,58 @@ class Connection:
             raise Disconnected() from e
 
     # -- dispatch ------------------------------------------------------------------
+    def _request_table(self) -> dict[int, RequestHandler]:
+        """Every request this core handles, and the device's own."""
+        R = P.Request  # noqa: N806 - the enum, for a table that reads like the spec
+        table: dict[int, RequestHandler] = {
+            R.GET_FEATURES: self.get_features,
+            R.SET_FEATURES: self.set_features,
+            R.SET_OWNER: self.set_owner,
+            R.RESET_OWNER: self.reset_owner,
+            R.SET_MEM_TABLE: self.set_mem_table,
+            R.SET_LOG_BASE: self.set_log_base,
+            R.SET_VRING_NUM: self.set_vring_num,
+            R.SET_VRING_ADDR: self.set_vring_addr,
+            R.SET_VRING_BASE: self.set_vring_base,
+            R.GET_VRING_BASE: self.get_vring_base,
+            R.SET_VRING_KICK: self.set_vring_kick,
+            R.SET_VRING_CALL: self.set_vring_call,
+            R.SET_VRING_ERR: self.set_vring_err,
+            R.GET_PROTOCOL_FEATURES: self.get_protocol_features,
+            R.SET_PROTOCOL_FEATURES: self.set_protocol_features,
+            R.GET_QUEUE_NUM: self.get_queue_num,
+            R.SET_VRING_ENABLE: self.set_vring_enable,
+            R.SET_BACKEND_REQ_FD: self.set_backend_req_fd,
+            R.SET_VRING_ENDIAN: self.set_vring_endian,
+            R.GET_CONFIG: self.get_config,
+            R.SET_CONFIG: self.set_config,
+            R.RESET_DEVICE: self.reset_device,
+            R.GET_MAX_MEM_SLOTS: self.get_max_mem_slots,
+            R.ADD_MEM_REG: self.add_mem_reg,
+            R.REM_MEM_REG: self.rem_mem_reg,
+            R.SET_STATUS: self.set_status,
+            R.GET_STATUS: self.get_status,
+        }
+        for request, handler in self.device.requests.items():
+            if request in table:
+                raise ValueError(f"device request {request} is a core request")
+            table[request] = handler
+        return table
+
     def handle(self, msg: P.Message) -> None:
         """Handle one message and send what the reply rules ask for. Never lets a bad message crash us."""
         fds = list(msg.fds)
         if log.isEnabledFor(logging.DEBUG):
             log.debug("<- %s flags=%#x size=%d fds=%d", msg.name, msg.flags, len(msg.payload), len(fds))
-        name = _HANDLER_NAMES.get(msg.request)
-        handler = getattr(self, name, None) if name else None
+        handler = self._requests.get(msg.request)
         ok = True
         reply: bytes | None = None
         try:
             if fds and msg.request not in P.CARRIES_FDS:
                 raise Failed(f"{msg.name} carries {len(fds)} unexpected fds")
             if handler is None:
-                if self.device.vhost_request(msg.request, msg.payload, fds):
-                    fds = []
-                else:
-                    raise Failed(f"unsupported message {msg.name}")
-            else:
-                reply = handler(msg.payload, fds)
+                raise Failed(f"unsupported message {msg.name}")
+            reply = handler(msg.payload, fds)
         except (Failed, P.ProtocolError, GuestMemoryError, ValueError) as e:
             ok = False
             log.error("%s refused: %s", msg.name, e)
@@ -251,68 +287,19 @@ class Connection:
             raise Failed(f"{what} carries {len(fds)} unexpected fds")
         return fds.pop() if want else None
 
-    def _materialize(self, ring: Vring) -> bool:
-        """Build the ring's Virtqueue from its addresses; a bad ring marks the device broken."""
-        if ring.vq is not None:
-            return True
-        if ring.addr is None or ring.num == 0 or len(self.mem) == 0:
-            return False
-        dsize, asize, usize = ring_sizes(ring.num)
-        try:
-            ring.vq = Virtqueue(
-                self.mem,
-                ring.num,
-                self.mem.uva_view(ring.addr.desc_user_addr, dsize),
-                self.mem.uva_view(ring.addr.avail_user_addr, asize),
-                self.mem.uva_view(ring.addr.used_user_addr, usize),
-                ring.base,
-                bool(self.features & bit(VIRTIO_RING_F_EVENT_IDX)),
-            )
-        except (GuestMemoryError, RingError) as e:
-            self.mark_broken(f"queue {ring.index}: {e}", ring.index)
-            return False
-        return True
+    def _detach_rings(self) -> None:
+        """New memory or features: every ring is rebuilt (from a base that re-pops what was in flight)."""
+        for ring in self.rings:
+            ring.detach()
 
-    def _drop_vq(self, ring: Vring) -> None:
-        if ring.vq is not None:
-            ring.base = ring.vq.last_avail_idx
-            ring.vq = None
-
-    def _run_queue(self, ring: Vring) -> None:
-        if self.queue(ring.index) is None:
-            return
-        try:
-            self.device.queue_ready(ring.index)
-        except RingError as e:
-            self.mark_broken(f"queue {ring.index}: {e}", ring.index)
-            return
-        except (Disconnected, FatalProtocolError):
-            raise
-        except Exception as e:
-            log.exception("device failed on queue %d", ring.index)
-            self.mark_broken(f"queue {ring.index}: internal error {e!r}", ring.index)
-            return
-        self.notify(ring.index)
-
-    def _on_kick(self, ring: Vring) -> None:
-        if ring.kick_fd is None:
-            return
-        drain_eventfd(ring.kick_fd)
-        ring.started = True
-        self._run_queue(ring)
-
-    def _close_ring_fds(self, ring: Vring) -> None:
-        if ring.kick_fd is not None:
-            self.loop.remove_reader(ring.kick_fd)
-        close_fds([fd for fd in (ring.kick_fd, ring.call_fd, ring.err_fd) if fd is not None])
-        ring.kick_fd = ring.call_fd = ring.err_fd = None
+    def _run_started_rings(self) -> None:
+        for ring in self.rings:
+            ring.run()
 
     def _reset_rings(self) -> None:
         for ring in self.rings:
-            if ring.started:
-                self.device.queue_stopped(ring.index)
-            self._close_ring_fds(ring)
-            self.rings[ring.index] = Vring(ring.index)
+            ring.close()
+        self.rings = [Vring(i, spec, self.loop, self) for i, spec in enumerate(self.device.queues)]
 
     def _reset_device(self) -> None:
         self._reset_rings()
@@ -332,11 +319,11 @@ class Connection:
         self.mem.clear()
         self.sock.close()
 
-    # -- messages ------------------------------------------------------------------
-    def _do_get_features(self, payload: bytes, fds: list[int]) -> bytes:
+    # -- requests ------------------------------------------------------------------
+    def get_features(self, payload: bytes, fds: list[int]) -> bytes:
         return P.U64.pack(CORE_FEATURES | self.device.device_features)
 
-    def _do_set_features(self, payload: bytes, fds: list[int]) -> None:
+    def set_features(self, payload: bytes, fds: list[int]) -> None:
         features = P.decode_u64(payload)
         offered = CORE_FEATURES | self.device.device_features
         if features & ~offered:
@@ -345,40 +332,40 @@ class Connection:
             log.info("front-end acked features we did not offer: %#x", features & ~offered)
         if not features & bit(VIRTIO_F_VERSION_1):
             raise Failed("VIRTIO_F_VERSION_1 not acked: legacy devices are not supported")
+        self._detach_rings()  # event-idx may change
         self.features = features
         self.device.set_features(features & ~bit(P.VHOST_USER_F_PROTOCOL_FEATURES))
         if not features & bit(P.VHOST_USER_F_PROTOCOL_FEATURES):
             for ring in self.rings:  # no SET_VRING_ENABLE will come: rings are enabled at once
                 ring.enabled = True
-        for ring in self.rings:  # event-idx may have changed
-            self._drop_vq(ring)
+        self._run_started_rings()
 
-    def _do_get_protocol_features(self, payload: bytes, fds: list[int]) -> bytes:
+    def get_protocol_features(self, payload: bytes, fds: list[int]) -> bytes:
         return P.U64.pack(SUPPORTED_PROTOCOL_FEATURES)
 
-    def _do_set_protocol_features(self, payload: bytes, fds: list[int]) -> None:
+    def set_protocol_features(self, payload: bytes, fds: list[int]) -> None:
         features = P.decode_u64(payload)
         if features & ~SUPPORTED_PROTOCOL_FEATURES:
             raise Failed(f"protocol features {features & ~SUPPORTED_PROTOCOL_FEATURES:#x} were not offered")
         self.protocol_features = features
 
-    def _do_set_owner(self, payload: bytes, fds: list[int]) -> None:
+    def set_owner(self, payload: bytes, fds: list[int]) -> None:
         self.owner = True
 
-    def _do_reset_owner(self, payload: bytes, fds: list[int]) -> None:
+    def reset_owner(self, payload: bytes, fds: list[int]) -> None:
         self.owner = False
         self._reset_device()
 
-    def _do_reset_device(self, payload: bytes, fds: list[int]) -> None:
+    def reset_device(self, payload: bytes, fds: list[int]) -> None:
         self._reset_device()
 
-    def _do_get_queue_num(self, payload: bytes, fds: list[int]) -> bytes:
+    def get_queue_num(self, payload: bytes, fds: list[int]) -> bytes:
         return P.U64.pack(len(self.rings))
 
-    def _do_get_max_mem_slots(self, payload: bytes, fds: list[int]) -> bytes:
+    def get_max_mem_slots(self, payload: bytes, fds: list[int]) -> bytes:
         return P.U64.pack(P.MAX_MEM_SLOTS)
 
-    def _do_set_mem_table(self, payload: bytes, fds: list[int]) -> None:
+    def set_mem_table(self, payload: bytes, fds: list[int]) -> None:
         regions = P.decode_mem_table(payload)
         if len(fds) != len(regions):
             raise Failed(f"{len(regions)} regions but {len(fds)} fds")
@@ -389,13 +376,12 @@ class Connection:
         except GuestMemoryError:
             mapped.clear()
             raise
-        for ring in self.rings:
-            self._drop_vq(ring)
+        self._detach_rings()
         self.mem.clear()
         self.mem = mapped
-        self._restart_started_rings()
+        self._run_started_rings()
 
-    def _do_add_mem_reg(self, payload: bytes, fds: list[int]) -> None:
+    def add_mem_reg(self, payload: bytes, fds: list[int]) -> None:
         desc = P.decode_single_region(payload)
         fd = self._take_fd(fds, True, "ADD_MEM_REG")
         try:
@@ -407,23 +393,16 @@ class Connection:
         except GuestMemoryError:
             region.release()
             raise
-        for ring in self.rings:
-            self._drop_vq(ring)
-        self._restart_started_rings()
+        self._detach_rings()
+        self._run_started_rings()
 
-    def _do_rem_mem_reg(self, payload: bytes, fds: list[int]) -> None:
+    def rem_mem_reg(self, payload: bytes, fds: list[int]) -> None:
         desc = P.decode_single_region(payload)
-        for ring in self.rings:
-            self._drop_vq(ring)
+        self._detach_rings()  # rebuilt at the next kick or ADD_MEM_REG (QEMU removes, then adds)
         if not self.mem.remove(desc):
             raise Failed(f"no region at gpa {desc.guest_phys_addr:#x} size {desc.memory_size:#x}")
 
-    def _restart_started_rings(self) -> None:
-        for ring in self.rings:
-            if ring.started and ring.enabled and not ring.broken:
-                self._run_queue(ring)
-
-    def _do_set_vring_num(self, payload: bytes, fds: list[int]) -> None:
+    def set_vring_num(self, payload: bytes, fds: list[int]) -> None:
         index, num = P.decode_vring_state(payload)
         ring = self._ring(index)
         if not 1 <= num <= self.device.max_queue_size or num & (num - 1):
@@ -433,16 +412,14 @@ class Connection:
         ring.num = num
         ring.vq = None
 
-    def _do_set_vring_addr(self, payload: bytes, fds: list[int]) -> None:
+    def set_vring_addr(self, payload: bytes, fds: list[int]) -> None:
         addr = P.decode_vring_addr(payload)
         ring = self._ring(addr.index)
-        if ring.started and ring.vq is not None:
-            self._drop_vq(ring)
+        ring.detach()
         ring.addr = addr
         ring.broken = False
-        ring.vq = None
 
-    def _do_set_vring_base(self, payload: bytes, fds: list[int]) -> None:
+    def set_vring_base(self, payload: bytes, fds: list[int]) -> None:
         index, base = P.decode_vring_state(payload)
         ring = self._ring(index)
         if ring.started:
@@ -450,39 +427,28 @@ class Connection:
         ring.base = base & 0xFFFF
         ring.vq = None
 
-    def _do_get_vring_base(self, payload: bytes, fds: list[int]) -> bytes:
+    def get_vring_base(self, payload: bytes, fds: list[int]) -> bytes:
         index, _ = P.decode_vring_state(payload)
         ring = self._ring(index)
-        if ring.started:
-            self.device.queue_stopped(index)
-        self._drop_vq(ring)
-        ring.started = False
-        if ring.kick_fd is not None:
-            self.loop.remove_reader(ring.kick_fd)
-            close_fds([ring.kick_fd])
-            ring.kick_fd = None
-        return P.VRING_STATE.pack(index, ring.base)
+        return P.VRING_STATE.pack(index, ring.stop())
 
     def _vring_fd(self, payload: bytes, fds: list[int], what: str) -> tuple[Vring, int | None]:
         index, has_fd = P.vring_fd_index(payload)
         ring = self._ring(index)
         return ring, self._take_fd(fds, has_fd, what)
 
-    def _do_set_vring_kick(self, payload: bytes, fds: list[int]) -> None:
+    def set_vring_kick(self, payload: bytes, fds: list[int]) -> None:
         ring, fd = self._vring_fd(payload, fds, "SET_VRING_KICK")
-        if ring.kick_fd is not None:
-            self.loop.remove_reader(ring.kick_fd)
-            close_fds([ring.kick_fd])
-        ring.kick_fd = fd
+        ring.set_kick(None)
         if fd is None:
             raise Failed("polling rings without a kick fd is not supported")
         os.set_blocking(fd, False)
-        self.loop.add_reader(fd, lambda: self._on_kick(ring))
+        ring.set_kick(fd)
         ring.started = True
         ring.broken = False
-        self._run_queue(ring)
+        ring.run()
 
-    def _do_set_vring_call(self, payload: bytes, fds: list[int]) -> None:
+    def set_vring_call(self, payload: bytes, fds: list[int]) -> None:
         ring, fd = self._vring_fd(payload, fds, "SET_VRING_CALL")
         if ring.call_fd is not None:
             close_fds([ring.call_fd])
@@ -490,33 +456,32 @@ class Connection:
         if fd is not None and ring.started and ring.vq is not None:
             signal_eventfd(fd)  # an interrupt may have gone to the old fd
 
-    def _do_set_vring_err(self, payload: bytes, fds: list[int]) -> None:
+    def set_vring_err(self, payload: bytes, fds: list[int]) -> None:
         ring, fd = self._vring_fd(payload, fds, "SET_VRING_ERR")
         if ring.err_fd is not None:
             close_fds([ring.err_fd])
         ring.err_fd = fd
 
-    def _do_set_vring_enable(self, payload: bytes, fds: list[int]) -> None:
+    def set_vring_enable(self, payload: bytes, fds: list[int]) -> None:
         index, enable = P.decode_vring_state(payload)
         ring = self._ring(index)
         if enable not in (0, 1):
             raise Failed(f"SET_VRING_ENABLE with {enable}")
         ring.enabled = bool(enable)
-        if ring.enabled:
-            self._run_queue(ring)
+        ring.run()
 
-    def _do_get_config(self, payload: bytes, fds: list[int]) -> bytes:
+    def get_config(self, payload: bytes, fds: list[int]) -> bytes:
         offset, size, flags, _ = P.decode_config(payload)
         data = self.device.get_config(offset, size)
         if len(data) != size:
             raise Failed(f"config read of {size} bytes at {offset} gave {len(data)}")
         return P.encode_config(offset, data, flags)
 
-    def _do_set_config(self, payload: bytes, fds: list[int]) -> None:
+    def set_config(self, payload: bytes, fds: list[int]) -> None:
         offset, size, flags, data = P.decode_config(payload)
         self.device.set_config(offset, data)
 
-    def _do_set_backend_req_fd(self, payload: bytes, fds: list[int]) -> None:
+    def set_backend_req_fd(self, payload: bytes, fds: list[int]) -> None:
         fd = self._take_fd(fds, True, "SET_BACKEND_REQ_FD")
         try:
             sock = socket.socket(fileno=fd)
@@ -527,24 +492,20 @@ class Connection:
             self.backend_req.close()
         self.backend_req = sock
 
-    def _do_set_status(self, payload: bytes, fds: list[int]) -> None:
+    def set_status(self, payload: bytes, fds: list[int]) -> None:
         status = P.decode_u64(payload) & 0xFF
         if status == 0 and self.status != 0:
             self.device.reset()
         self.status = status | (self.status & VIRTIO_CONFIG_S_NEEDS_RESET if status else 0)
 
-    def _do_get_status(self, payload: bytes, fds: list[int]) -> bytes:
+    def get_status(self, payload: bytes, fds: list[int]) -> bytes:
         return P.U64.pack(self.status)
 
-    def _do_set_vring_endian(self, payload: bytes, fds: list[int]) -> None:
+    def set_vring_endian(self, payload: bytes, fds: list[int]) -> None:
         raise Failed("only little-endian (VERSION_1) rings are supported")
 
-    def _do_set_log_base(self, payload: bytes, fds: list[int]) -> None:
+    def set_log_base(self, payload: bytes, fds: list[int]) -> None:
         raise Failed("dirty logging (migration) is not supported")
-
-
-#: request id -> name of the Connection method that handles it (``_do_<request name>``).
-_HANDLER_NAMES = {int(r): f"_do_{r.name.lower()}" for r in P.Request}
 
 
 def _fds_from_ancdata(ancdata: list[tuple[int, int, bytes]]) -> list[int]:

@@ -1,20 +1,67 @@
 """The contract between the vhost-user core and a device.
 
-A device is plain Python: it says what it offers (features, config space, queues) and
-handles the chains of a queue when the core tells it to. It never sees sockets or ring
-layout; it talks to the core through the :class:`DeviceContext` the core hands it.
+A device is plain Python. It says what it offers (features, config space) and names one
+handler per queue; it never sees sockets, ring layout or ring loops. The core pops chains,
+calls the queue's handler with each, and writes, pushes and notifies what the handler
+returns:
+
+* ``None``: done; the chain goes back with what the handler wrote into it (``chain.written``);
+* bytes-like: the core writes it at the start of the writable part and returns the chain;
+* :data:`PENDING`: the chain stays *in flight*; the device answers it later, once, with
+  ``ctx.complete(queue, chain, response)`` (a GPU command waiting for QEMU's display, an
+  input buffer waiting for events).
+
+Errors: a handler raises :class:`~vhostsuite.errors.RingError` for a chain the guest got
+wrong (the core marks the device broken: NEEDS_RESET, the err eventfd); any other exception
+is a bug, logged by the core, which marks the device broken too. Devices contain no error
+policy of their own for chains.
+
+In-flight chains and ring stops: used entries go back in the order the chains were popped
+(a response that completes early waits for the ones before it), so what is in flight is
+always the newest chains popped. GET_VRING_BASE reports a base that does not count them
+(QEMU's virtqueue_rewind for in-flight requests): after the ring starts again they are
+popped again and answered then, exactly once. A completion that comes for a chain the core
+no longer holds (its ring stopped or reset) is ignored. Pending handlers therefore must not
+have done anything the guest can observe before they complete.
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
 if TYPE_CHECKING:
     from .loop import Loop
     from .memory import GuestMemory
-    from .ring import Virtqueue
+    from .ring import Chain
+
+
+class _Pending:
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return "PENDING"
+
+
+#: A handler's answer for a chain it will complete later with ``ctx.complete``.
+PENDING = _Pending()
+
+#: What a queue handler returns.
+Response = bytes | bytearray | memoryview | _Pending | None
+Handler = Callable[["Chain"], Response]
+
+
+@dataclass(frozen=True)
+class QueueSpec:
+    """One virtqueue of a device."""
+
+    name: str
+    handler: Handler
+    #: True: a pending chain holds the queue (nothing more is popped until it completes), for
+    #: queues whose commands must run in order. False: the core keeps popping meanwhile.
+    serial: bool = False
 
 
 class DeviceContext(Protocol):
@@ -24,27 +71,32 @@ class DeviceContext(Protocol):
     #: Guest memory, for devices that keep guest addresses (e.g. a GPU resource's backing pages).
     mem: GuestMemory
 
-    def queue(self, index: int) -> Virtqueue | None:
-        """The ring of queue *index* if it is started, enabled and mapped; else None."""
+    def complete(self, queue: int, chain: Chain, response: Response = None) -> bool:
+        """Answer an in-flight *chain* of *queue*; False (and nothing written) if the core no
+        longer holds it because its ring stopped or was reset meanwhile."""
 
-    def notify(self, index: int) -> None:
-        """Interrupt the driver for queue *index* if the ring's suppression rules want it."""
+    def hold(self, queue: int) -> None:
+        """Pop nothing more from *queue* until :meth:`release` (chains stay in the ring)."""
 
-    def mark_broken(self, reason: str, index: int | None = None) -> None:
-        """The guest broke the device: set NEEDS_RESET, stop its queues, report on the err fds."""
+    def release(self, queue: int) -> None:
+        """Undo :meth:`hold`; what is available is handled on the next turn."""
 
     def config_changed(self) -> bool:
         """Tell the front-end the config space changed (needs BACKEND_REQ); False if it can't be sent."""
 
 
+#: A device-specific vhost-user request: (payload, fds) -> None; it owns the fds it keeps
+#: (it removes them from the list); raise ValueError to refuse the message.
+RequestHandler = Callable[[bytes, list[int]], None]
+
+
 class Device:
-    """Base class of every device. Subclasses set the class attributes and override the hooks."""
+    """Base class of every device. Subclasses set the class attributes and ``queues``."""
 
     #: The vhost-user backend type of the capabilities JSON (vhost-user.json's VHostUserBackendType).
     backend_type: str = ""
     #: Virtio device id (virtio_ids.h).
     virtio_id: int = 0
-    num_queues: int = 1
     #: The largest queue size the device accepts in SET_VRING_NUM.
     max_queue_size: int = 1024
     #: Device-specific virtio feature bits (the core adds VERSION_1, INDIRECT_DESC, EVENT_IDX, bit 30).
@@ -54,6 +106,10 @@ class Device:
         self.log = logging.getLogger(f"vhostsuite.{self.backend_type or 'device'}")
         self.ctx: DeviceContext | None = None
         self.acked_features = 0
+        #: The device's queues, in virtqueue index order.
+        self.queues: tuple[QueueSpec, ...] = ()
+        #: Device-specific vhost-user requests (e.g. GPU_SET_SOCKET), by request id.
+        self.requests: dict[int, RequestHandler] = {}
 
     # -- set-up -----------------------------------------------------------------
     def attach(self, ctx: DeviceContext) -> None:
@@ -72,25 +128,12 @@ class Device:
         raise ValueError("this device's config space is read-only")
 
     # -- running ----------------------------------------------------------------
-    def queue_ready(self, index: int) -> None:
-        """Queue *index* can be processed (kick, enable, or restart): handle what is available.
-
-        Pop chains with ``self.ctx.queue(index).pop()``, answer, push; the core notifies after.
-        A :class:`~vhostsuite.errors.RingError` raised here marks the device broken.
-        """
-
     def queue_stopped(self, index: int) -> None:
-        """Queue *index* was stopped (GET_VRING_BASE): drop references to its chains."""
+        """Queue *index* stopped (GET_VRING_BASE, reset, broken): the core dropped its in-flight
+        chains; forget any the device kept for completing later."""
 
     def reset(self) -> None:
         """Return to the state right after start-up (RESET_DEVICE, status 0, RESET_OWNER)."""
-
-    def vhost_request(self, request: int, payload: bytes, fds: list[int]) -> bool:
-        """A device-specific vhost-user message (e.g. GPU_SET_SOCKET).
-
-        Return True if handled; the device then owns *fds*. Raise ValueError to fail it.
-        """
-        return False
 
     def close(self) -> None:
         """The process is ending: release host resources."""

@@ -1,8 +1,13 @@
-"""A small single-threaded event loop: readiness callbacks, timers, and signals.
+"""A small single-threaded event loop: readiness callbacks, timers, deferred calls and signals.
 
 Everything a back-end waits for (the vhost-user socket, kick eventfds, an evdev device,
 the display socket, a control socket) is a file descriptor registered here, so one
 thread serves it all and nothing blocks.
+
+One turn of the loop: wait for readiness (not at all while deferred calls are queued), run
+the callbacks of the ready fds, then the timers that are due, then the deferred calls that
+were queued before this phase began. A deferred call queued during that phase runs on the
+next turn, after the fds have had theirs: that is how the core's queue runners yield.
 """
 
 from __future__ import annotations
@@ -13,6 +18,7 @@ import os
 import selectors
 import signal
 import time
+from collections import deque
 from collections.abc import Callable
 
 
@@ -24,6 +30,10 @@ class Terminate(BaseException):  # noqa: N818 - it is a control-flow signal, not
         self.signum = signum
 
 
+#: Called with an exception that escaped a callback; it may re-raise to end :meth:`Loop.run`.
+ErrorHandler = Callable[[Exception], None]
+
+
 class Loop:
     def __init__(self) -> None:
         self._sel = selectors.DefaultSelector()
@@ -31,6 +41,9 @@ class Loop:
         self._seq = itertools.count()
         self._running = False
         self._cancelled: set[int] = set()
+        self._soon: deque[Callable[[], None]] = deque()
+        #: Where exceptions from callbacks go; without one they end :meth:`run`.
+        self.error_handler: ErrorHandler | None = None
 
     def add_reader(self, fd: int, callback: Callable[[], None]) -> None:
         """Call *callback* whenever *fd* is readable (replaces an earlier callback for *fd*)."""
@@ -54,18 +67,32 @@ class Loop:
     def cancel(self, handle: int) -> None:
         self._cancelled.add(handle)
 
+    def call_soon(self, callback: Callable[[], None]) -> None:
+        """Run *callback* once at the end of this turn, or of the next one if called from there."""
+        self._soon.append(callback)
+
     def stop(self) -> None:
         self._running = False
 
+    def _call(self, callback: Callable[[], None]) -> None:
+        try:
+            callback()
+        except Exception as e:
+            if self.error_handler is None:
+                raise
+            self.error_handler(e)
+
     def run(self) -> None:
-        """Dispatch until :meth:`stop`. Exceptions from callbacks propagate to the caller."""
+        """Dispatch until :meth:`stop`."""
         self._running = True
         while self._running:
             timeout = None
-            if self._timers:
+            if self._soon:
+                timeout = 0.0
+            elif self._timers:
                 timeout = max(0.0, self._timers[0][0] - time.monotonic())
             for key, _ in self._sel.select(timeout):
-                key.data()
+                self._call(key.data)
                 if not self._running:
                     return
             now = time.monotonic()
@@ -74,7 +101,13 @@ class Loop:
                 if handle in self._cancelled:
                     self._cancelled.discard(handle)
                     continue
-                cb()
+                self._call(cb)
+                if not self._running:
+                    return
+            for _ in range(len(self._soon)):
+                self._call(self._soon.popleft())
+                if not self._running:
+                    return
 
     def close(self) -> None:
         self._sel.close()
@@ -96,8 +129,6 @@ def drain_eventfd(fd: int) -> None:
     """Consume a pending eventfd (or pipe) notification without blocking."""
     try:
         os.read(fd, 8)
-    except (BlockingIOError, InterruptedError):
-        pass
     except OSError:
         pass
 

@@ -9,10 +9,11 @@ import signal
 import socket
 from collections.abc import Callable
 
-from .cli import EXIT_FAILURE, EXIT_OK, StartupError, listen, socket_from_fd
 from .connection import Connection, Disconnected, FatalProtocolError
 from .device import Device
+from .errors import EXIT_FAILURE, EXIT_OK, StartupError
 from .loop import Loop, Terminate, install_signal_handlers
+from .unix import listen, socket_from_fd
 
 log = logging.getLogger("vhostsuite")
 

@@ -8,10 +8,14 @@ from __future__ import annotations
 import argparse
 import os
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 from .. import cli
-from ..device import Device
+from ..device import Device, QueueSpec
 from ..virtio import VIRTIO_ID_RNG
+
+if TYPE_CHECKING:
+    from ..ring import Chain
 
 #: The most bytes handed out per request; a larger buffer is filled partly, as the driver allows.
 MAX_REQUEST = 64 * 1024
@@ -20,10 +24,10 @@ MAX_REQUEST = 64 * 1024
 class RngDevice(Device):
     backend_type = "rng"
     virtio_id = VIRTIO_ID_RNG
-    num_queues = 1
 
     def __init__(self, source: str | None = None) -> None:
         super().__init__()
+        self.queues = (QueueSpec("request", self._request),)
         self.source = source
         self._fd: int | None = None
         if source is not None:
@@ -42,14 +46,14 @@ class RngDevice(Device):
             raise OSError("random source is exhausted")
         return data
 
-    def queue_ready(self, index: int) -> None:
-        vq = self.ctx.queue(index)
-        while vq is not None and (chain := vq.pop()) is not None:
-            want = min(chain.write_size, MAX_REQUEST)
-            if want:
-                n = chain.write(self._random(want))
-                self.bytes_served += n
-            vq.push(chain)
+    def _request(self, chain: Chain) -> bytes | None:
+        """A device-writable buffer: fill it (up to MAX_REQUEST) with random bytes."""
+        want = min(chain.write_size, MAX_REQUEST)
+        if not want:
+            return None
+        data = self._random(want)
+        self.bytes_served += len(data)
+        return data
 
     def close(self) -> None:
         if self._fd is not None:

@@ -1,10 +1,15 @@
-"""The display channel: the vhost-user-gpu protocol towards QEMU on the socket of GPU_SET_SOCKET.
+"""The display channel: a typed client of the vhost-user-gpu protocol towards QEMU, on the
+socket of GPU_SET_SOCKET. The device calls :meth:`DisplayChannel.scanout`, :meth:`update`,
+:meth:`cursor_pos`, :meth:`cursor_update`, :meth:`get_display_info` and :meth:`get_edid`; the
+protocol's bytes are packed here and nowhere else.
 
-We send requests (SCANOUT, UPDATE, CURSOR_*, and the few that QEMU answers); replies arrive on
-the event loop, matched per request id in order. Nothing here blocks the loop for long:
+Replies arrive on the event loop, matched per request id in order. Nothing here blocks the
+loop for long:
 
 * a request that wants a reply registers a callback and a timer; the callback gets the
-  payload, or None on timeout or hang-up (the caller then answers with a default);
+  payload, or None on timeout or hang-up (the caller then answers with a default). A request
+  that can't be answered (closed, or the peer is unresponsive) says so at once by returning
+  False, and its callback is never called: a callback never runs inside the call that asked;
 * sends use a bounded timeout; a peer that stops reading in the middle of a message has
   broken the stream, so the channel is closed (QEMU makes a new one at the next DRIVER_OK).
 """
@@ -75,8 +80,9 @@ class DisplayChannel:
         return cls(sock, loop, timeout, on_close)
 
     # -- features ---------------------------------------------------------------------
-    def negotiate(self, wanted: int, done: Callable[[], None] | None = None) -> None:
-        """GET_PROTOCOL_FEATURES, then SET_PROTOCOL_FEATURES with what both sides have."""
+    def negotiate(self, wanted: int, done: Callable[[], None]) -> None:
+        """GET_PROTOCOL_FEATURES, then SET_PROTOCOL_FEATURES with what both sides have; then
+        ``done()`` (from the loop, never from inside this call)."""
 
         def got(reply: bytes | None) -> None:
             if reply is None:
@@ -86,10 +92,39 @@ class DisplayChannel:
                 self.protocol_features = W.GPU_U64.unpack(reply)[0] & wanted
                 self.send(W.VHOST_USER_GPU_SET_PROTOCOL_FEATURES, W.GPU_U64.pack(self.protocol_features))
             log.info("display protocol features %#x", self.protocol_features)
-            if done is not None:
-                done()
+            done()
 
-        self.request(W.VHOST_USER_GPU_GET_PROTOCOL_FEATURES, b"", W.GPU_U64.size, got)
+        if not self.request(W.VHOST_USER_GPU_GET_PROTOCOL_FEATURES, b"", W.GPU_U64.size, got):
+            self.loop.call_soon(lambda: got(None))
+
+    # -- the typed requests -------------------------------------------------------------
+    def scanout(self, scanout_id: int, width: int, height: int) -> bool:
+        """SCANOUT: show *scanout_id* at this size (0x0 disables it)."""
+        return self.send(W.VHOST_USER_GPU_SCANOUT, W.GPU_SCANOUT.pack(scanout_id, width, height))
+
+    def update(self, scanout_id: int, x: int, y: int, width: int, height: int, *rows: bytes | memoryview) -> bool:
+        """UPDATE: x8r8g8b8 pixels of the rectangle (stride width*4), sent from *rows* as they are."""
+        return self.send(W.VHOST_USER_GPU_UPDATE, W.GPU_UPDATE_HEAD.pack(scanout_id, x, y, width, height), *rows)
+
+    def cursor_pos(self, scanout_id: int, x: int, y: int, visible: bool = True) -> bool:
+        """CURSOR_POS, or CURSOR_POS_HIDE when not *visible*."""
+        req = W.VHOST_USER_GPU_CURSOR_POS if visible else W.VHOST_USER_GPU_CURSOR_POS_HIDE
+        return self.send(req, W.GPU_CURSOR_POS.pack(scanout_id, x, y))
+
+    def cursor_update(self, scanout_id: int, x: int, y: int, hot_x: int, hot_y: int, image: bytes) -> bool:
+        """CURSOR_UPDATE with a 64x64 a8r8g8b8 *image*."""
+        head = W.GPU_CURSOR_UPDATE_HEAD.pack(scanout_id, x, y, hot_x, hot_y)
+        return self.send(W.VHOST_USER_GPU_CURSOR_UPDATE, head, image)
+
+    def get_display_info(self, callback: ReplyCallback) -> bool:
+        """GET_DISPLAY_INFO: *callback* gets the virtio_gpu_resp_display_info payload or None."""
+        return self.request(W.VHOST_USER_GPU_GET_DISPLAY_INFO, b"", W.RESP_DISPLAY_INFO_SIZE, callback)
+
+    def get_edid(self, scanout_id: int, callback: ReplyCallback) -> bool:
+        """GET_EDID (only with the EDID protocol feature): *callback* gets the virtio_gpu_resp_edid payload or None."""
+        if not self.has_feature(W.VHOST_USER_GPU_PROTOCOL_F_EDID):
+            return False
+        return self.request(W.VHOST_USER_GPU_GET_EDID, W.GPU_EDID_REQUEST.pack(scanout_id), W.RESP_EDID_SIZE, callback)
 
     def has_feature(self, bit: int) -> bool:
         return bool((self.protocol_features or 0) & (1 << bit))
@@ -111,21 +146,25 @@ class DisplayChannel:
             return False
         return True
 
-    def request(self, request: int, payload: bytes, reply_size: int, callback: ReplyCallback) -> None:
-        """Send *request* and call *callback* with its reply payload, or None (timeout, hang-up)."""
+    def request(self, request: int, payload: bytes, reply_size: int, callback: ReplyCallback) -> bool:
+        """Send *request*; *callback* gets its reply payload later, or None (timeout, hang-up).
+
+        False if no reply can be waited for (closed, the send failed, or the peer is
+        unresponsive): *callback* is then never called.
+        """
         if self.closed or (self.unresponsive and len(self._waiters.get(request, ())) >= _MAX_ABANDONED):
-            callback(None)
-            return
+            return False
+        if not self.send(request, payload):
+            return False
         timer = self.loop.call_later(self.timeout, lambda: self._timed_out(request))
         w = _Waiter(request, reply_size, callback, timer)
         self._waiters.setdefault(request, deque()).append(w)
-        if not self.send(request, payload):
-            return  # _lost() has called the waiter back already
         if self.unresponsive:
             # Don't make the guest wait again; a late reply is matched and dropped.
             self.loop.cancel(w.timer)
             w.callback = _ignore
-            callback(None)
+            return False
+        return True
 
     def _timed_out(self, request: int) -> None:
         q = self._waiters.get(request)

@@ -5,15 +5,18 @@ Event delivery
 Events from the source are collected until an EV_SYN/SYN_REPORT closes their batch; the
 complete batch then joins the *ready* queue, which goes to the guest one event per
 event-queue buffer (``struct virtio_input_event``: le16 type, le16 code, le32 value).
-When the guest has fewer buffers than the ready events need (QEMU >= 9.0 gives the event
-queue only 4 entries), what fits is delivered and the rest follows, in order, as the guest
-returns buffers (its kick). Nothing is dropped while the guest keeps reading.
+The guest's empty event buffers are commands in flight: the core hands each one over as it
+pops it, the device keeps it (PENDING) and completes it with the next ready event. When the
+guest has fewer buffers than the ready events need (QEMU >= 9.0 gives the event queue only 4
+entries), what fits is delivered and the rest follows, in order, as the guest returns buffers.
+Nothing is dropped while the guest keeps reading. Buffers kept across a ring stop are popped
+again afterwards (the core rewinds the base past them).
 
-One batch per interrupt: after a batch's SYN_REPORT the device notifies and waits for the
-guest's next kick before starting the next batch, even with buffers left, as QEMU's own
-virtio-input and USB HID (one report per interrupt) do. Filling every free buffer across
-batches instead let a burst outrun a Linux guest's reader under TCG: its 64-event evdev
-client buffer overflowed (measured: 866 of 2,000 events read, against 2,000 now).
+One batch per interrupt: after a batch's SYN_REPORT the device waits for the guest to hand
+buffers back (its kick, after reading) before starting the next batch, even with buffers
+left, as QEMU's own virtio-input and USB HID (one report per interrupt) do. Filling every
+free buffer across batches instead let a burst outrun a Linux guest's reader under TCG: its
+64-event evdev client buffer overflowed (measured: 866 of 2,000 events read, against 2,000 now).
 
 Overflow
 --------
@@ -39,8 +42,8 @@ grabbed device would read back and loop). Other types are logged once and ignore
 are returned with length 0.
 
 Malformed guest input: an event buffer with fewer than 8 writable bytes, or a status buffer
-that is device-writable, marks the device broken (NEEDS_RESET); a status buffer whose length
-is not a multiple of 8 has its tail ignored (with a warning).
+that is device-writable, is a RingError: the core marks the device broken (NEEDS_RESET); a
+status buffer whose length is not a multiple of 8 has its tail ignored (with a warning).
 """
 
 from __future__ import annotations
@@ -48,13 +51,16 @@ from __future__ import annotations
 import logging
 import struct
 from collections import deque
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from ...device import Device
+from ...device import PENDING, Device, QueueSpec, Response
 from ...errors import RingError
 from ...virtio import VIRTIO_ID_INPUT
 from . import config as C
 from .sources import Event, EventSource
+
+if TYPE_CHECKING:
+    from ...ring import Chain
 
 log = logging.getLogger("vhostsuite.input")
 
@@ -64,8 +70,8 @@ STATUS_QUEUE = 1
 STATUS_TYPES = frozenset({C.EV_LED, C.EV_SND, C.EV_REP, C.EV_FF})
 #: Default bound on events waiting for the guest.
 MAX_PENDING = 8192
-#: After a batch the device waits for the guest's kick; a driver that never kicks still gets
-#: the next batch after this many seconds.
+#: After a batch the device waits for the guest to return buffers; a driver that returns none
+#: (it had buffers left) still gets the next batch after this many seconds.
 RESUME_AFTER = 0.02
 
 _EVENT = struct.Struct("<HHi")
@@ -75,11 +81,14 @@ _SYN_DROPPED: Event = (C.EV_SYN, C.SYN_DROPPED, 0)
 class InputDevice(Device):
     backend_type = "input"
     virtio_id = VIRTIO_ID_INPUT
-    num_queues = 2
     max_queue_size = 1024
 
     def __init__(self, source: EventSource, max_pending: int = MAX_PENDING) -> None:
         super().__init__()
+        self.queues = (
+            QueueSpec("event", self._event_buffer),
+            QueueSpec("status", self._status_buffer),
+        )
         if max_pending < 2:
             raise ValueError("max_pending must be at least 2")
         self.source = source
@@ -97,8 +106,11 @@ class InputDevice(Device):
         self.overflows = 0
         self.status_events = 0
         self._started = False
+        #: The guest's empty event buffers, in flight, oldest first.
+        self._buffers: deque[Chain] = deque()
         #: Paused after a batch, waiting for the guest's kick (or the fallback timer).
         self._paused = False
+        self._deliver_scheduled = False
         self._resume_timer: int | None = None
         self._warned: set[str] = set()
         if hasattr(source, "state"):
@@ -117,12 +129,9 @@ class InputDevice(Device):
     def set_config(self, offset: int, data: bytes) -> None:
         self.config.write(offset, data)
 
-    def queue_ready(self, index: int) -> None:
+    def queue_stopped(self, index: int) -> None:
         if index == EVENT_QUEUE:
-            self._unpause()
-            self._deliver()
-        elif index == STATUS_QUEUE:
-            self._status()
+            self._buffers.clear()
 
     def reset(self) -> None:
         if self.ready or self.partial:
@@ -130,6 +139,7 @@ class InputDevice(Device):
         self.dropped += len(self.ready) + len(self.partial)
         self.ready.clear()
         self.partial.clear()
+        self._buffers.clear()
         self.skipping = False
         self._unpause()
         self.config.write(0, b"\0\0")
@@ -177,7 +187,7 @@ class InputDevice(Device):
             if t == C.EV_SYN and c == C.SYN_REPORT:
                 ready.extend(partial)
                 partial.clear()
-        self._deliver(notify=True)
+        self._deliver()
 
     def _drop(self, keep_ready: bool) -> None:
         n = len(self.partial) + (0 if keep_ready else len(self.ready))
@@ -196,43 +206,42 @@ class InputDevice(Device):
                 n,
             )
 
-    def _deliver(self, notify: bool = False) -> None:
+    # -- the event queue -----------------------------------------------------------------
+    def _event_buffer(self, chain: Chain) -> Response:
+        """An empty event buffer from the guest: kept until an event is ready for it."""
+        if chain.write_size < _EVENT.size:
+            raise RingError(f"event queue buffer of {chain.write_size} writable bytes (needs {_EVENT.size})")
+        self._buffers.append(chain)
+        # The guest handed buffers back: that is its kick after reading the last batch.
+        self._unpause()
+        if self.ready and not self._deliver_scheduled:
+            # Completed once the core holds it in flight: at the end of this turn.
+            self._deliver_scheduled = True
+            self.ctx.loop.call_soon(self._scheduled_deliver)
+        return PENDING
+
+    def _scheduled_deliver(self) -> None:
+        self._deliver_scheduled = False
+        self._deliver()
+
+    def _deliver(self) -> None:
+        """Fill the buffers in flight with ready events, up to the end of one batch."""
         ready = self.ready
-        if not ready or self.ctx is None or self._paused:
-            return
-        vq = self.ctx.queue(EVENT_QUEUE)
-        if vq is None:
+        buffers = self._buffers
+        if self._paused or self.ctx is None:
             return
         pack = _EVENT.pack
-        pushed = 0
-        try:
-            while ready:
-                chain = vq.pop()
-                if chain is None:
-                    break
-                if chain.write_size < _EVENT.size:
-                    self.ctx.mark_broken(
-                        f"event queue buffer of {chain.write_size} writable bytes (needs {_EVENT.size})", EVENT_QUEUE
-                    )
-                    return
-                event = ready.popleft()
-                chain.write(pack(*event))
-                vq.push(chain, _EVENT.size)
-                pushed += 1
-                if event[0] == C.EV_SYN and event[1] == C.SYN_REPORT and ready:
-                    # One report per interrupt: the next batch goes out when the guest has
-                    # taken this one and hands buffers back (its kick), even if some are left.
-                    vq.request_kick()
-                    self._paused = True
-                    self._resume_timer = self.ctx.loop.call_later(RESUME_AFTER, self._resume)
-                    break
-        except RingError as e:
-            self.ctx.mark_broken(f"queue {EVENT_QUEUE}: {e}", EVENT_QUEUE)
-            return
-        finally:
-            self.delivered += pushed
-        if pushed and notify:
-            self.ctx.notify(EVENT_QUEUE)
+        complete = self.ctx.complete
+        while ready and buffers:
+            event = ready.popleft()
+            complete(EVENT_QUEUE, buffers.popleft(), pack(*event))
+            self.delivered += 1
+            if event[0] == C.EV_SYN and event[1] == C.SYN_REPORT and ready:
+                # One report per interrupt: the next batch goes out when the guest has taken
+                # this one and hands buffers back, even if some are left.
+                self._paused = True
+                self._resume_timer = self.ctx.loop.call_later(RESUME_AFTER, self._resume)
+                break
 
     def _unpause(self) -> None:
         self._paused = False
@@ -245,35 +254,31 @@ class InputDevice(Device):
         self._resume_timer = None
         if self._paused:
             self._paused = False
-            self._deliver(notify=True)
+            self._deliver()
 
     # -- the status queue ---------------------------------------------------------------
-    def _status(self) -> None:
-        vq = self.ctx.queue(STATUS_QUEUE)
-        if vq is None:
-            return
+    def _status_buffer(self, chain: Chain) -> None:
+        """Events the guest writes to the device (LEDs, sounds, ...); returned with length 0."""
+        if chain.write_size:
+            raise RingError(f"status queue buffer with {chain.write_size} device-writable bytes")
+        data = chain.read()
+        if len(data) % _EVENT.size:
+            self._warn_once("status-size", f"status buffer of {len(data)} bytes: trailing bytes ignored")
         out: list[Event] = []
-        while (chain := vq.pop()) is not None:
-            if chain.write_size:
-                self.ctx.mark_broken(f"status queue buffer with {chain.write_size} device-writable bytes", STATUS_QUEUE)
-                return
-            data = chain.read()
-            if len(data) % _EVENT.size:
-                self._warn_once("status-size", f"status buffer of {len(data)} bytes: trailing bytes ignored")
-            for i in range(0, len(data) - _EVENT.size + 1, _EVENT.size):
-                t, c, v = _EVENT.unpack_from(data, i)
-                if t == C.EV_SYN or (t in STATUS_TYPES and t in self.desc.events):
-                    out.append((t, c, v))
-                elif t in self.desc.events and t not in STATUS_TYPES:
-                    # Linux echoes every EV_MSC (and other pass-to-device events) it receives back
-                    # on the status queue; passing them on would make a loop with a grabbed device.
-                    pass
-                else:
-                    self._warn_once(f"status-{t}", f"guest sent a status event of type {t:#x} the device lacks")
-            vq.push(chain, 0)
+        for i in range(0, len(data) - _EVENT.size + 1, _EVENT.size):
+            t, c, v = _EVENT.unpack_from(data, i)
+            if t == C.EV_SYN or (t in STATUS_TYPES and t in self.desc.events):
+                out.append((t, c, v))
+            elif t in self.desc.events and t not in STATUS_TYPES:
+                # Linux echoes every EV_MSC (and other pass-to-device events) it receives back
+                # on the status queue; passing them on would make a loop with a grabbed device.
+                pass
+            else:
+                self._warn_once(f"status-{t}", f"guest sent a status event of type {t:#x} the device lacks")
         if out:
             self.status_events += len(out)
             self.source.write_status(out)
+        return None
 
     def _warn_once(self, key: str, msg: str) -> None:
         if key not in self._warned:

@@ -42,7 +42,8 @@ import stat
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Protocol
 
-from ... import cli
+from ...errors import StartupError
+from ...unix import listen
 from . import config as C
 
 if TYPE_CHECKING:
@@ -62,7 +63,7 @@ EVDEV_READ_BATCH = 4096
 _INT32 = range(-(2**31), 2**31)
 
 
-class SourceGone(cli.StartupError):
+class SourceGone(StartupError):
     """The host input device went away: the program ends with status 1 and this message."""
 
 
@@ -96,7 +97,7 @@ class EvdevSource:
             self.description = C.from_evdev(device)
         except C.DescriptionError as e:
             self._close_dev()
-            raise cli.StartupError(f"--evdev-path={path}: {e}") from None
+            raise StartupError(f"--evdev-path={path}: {e}") from None
         self.grabbed = False
         if grab:
             try:
@@ -105,7 +106,7 @@ class EvdevSource:
             except OSError as e:
                 self._close_dev()
                 hint = " (another program grabbed it; --no-grab shares it)" if e.errno == errno.EBUSY else ""
-                raise cli.StartupError(f"--evdev-path={path}: can't grab the device: {e.strerror}{hint}") from None
+                raise StartupError(f"--evdev-path={path}: can't grab the device: {e.strerror}{hint}") from None
         self.loop: Loop | None = None
         self._sink: Sink | None = None
         self._warned_write = False
@@ -199,19 +200,19 @@ def _open_evdev(path: str) -> Any:
     try:
         import evdev
     except ImportError:
-        raise cli.StartupError("--evdev-path needs python-evdev (pip install evdev)") from None
+        raise StartupError("--evdev-path needs python-evdev (pip install evdev)") from None
     try:
         st = os.stat(path)
     except OSError as e:
-        raise cli.StartupError(f"--evdev-path={path}: {e.strerror}") from None
+        raise StartupError(f"--evdev-path={path}: {e.strerror}") from None
     if not stat.S_ISCHR(st.st_mode):
-        raise cli.StartupError(f"--evdev-path={path}: not a character device (want /dev/input/eventN)")
+        raise StartupError(f"--evdev-path={path}: not a character device (want /dev/input/eventN)")
     try:
         return evdev.InputDevice(path)
     except OSError as e:
         if e.errno == errno.ENOTTY:
-            raise cli.StartupError(f"--evdev-path={path}: not an evdev device (want /dev/input/eventN)") from None
-        raise cli.StartupError(f"--evdev-path={path}: {e.strerror or e}") from None
+            raise StartupError(f"--evdev-path={path}: not an evdev device (want /dev/input/eventN)") from None
+        raise StartupError(f"--evdev-path={path}: {e.strerror or e}") from None
 
 
 # -- virtual devices ---------------------------------------------------------------------------
@@ -460,31 +461,6 @@ def describe(desc: C.Description) -> dict[str, Any]:
 
 def _listen(path: str) -> socket.socket:
     """A non-blocking listening socket on *path* (a stale socket file is replaced)."""
-    opt = f"--control-socket={path}"
-    try:
-        st = os.lstat(path)
-    except FileNotFoundError:
-        pass
-    except OSError as e:
-        raise cli.StartupError(f"{opt}: {e.strerror}") from None
-    else:
-        if not stat.S_ISSOCK(st.st_mode):
-            raise cli.StartupError(f"{opt} exists and is not a socket")
-        probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        try:
-            probe.connect(path)
-        except OSError:
-            os.unlink(path)
-        else:
-            raise cli.StartupError(f"{opt}: another program is listening there")
-        finally:
-            probe.close()
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
-    try:
-        sock.bind(path)
-        sock.listen(8)
-    except OSError as e:
-        sock.close()
-        raise cli.StartupError(f"{opt}: {e.strerror}") from None
+    sock = listen(path, "--control-socket", backlog=8)
     sock.setblocking(False)
     return sock

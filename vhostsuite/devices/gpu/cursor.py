@@ -1,0 +1,60 @@
+"""The cursor queue: UPDATE_CURSOR and MOVE_CURSOR to the display's CURSOR_* messages."""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING
+
+import cairo
+
+from ... import pixels
+from . import commands as K
+from . import wire as W
+from .resources import Resource, Resources
+
+if TYPE_CHECKING:
+    from .display import DisplayChannel
+
+log = logging.getLogger("vhostsuite.gpu")
+
+
+def update_cursor(cmd: K.UpdateCursor, resources: Resources, display: DisplayChannel | None) -> None:
+    """Move, hide or change the cursor of a scanout (cursor commands have no error response)."""
+    sid = cmd.scanout_id
+    if sid >= W.VIRTIO_GPU_MAX_SCANOUTS:
+        log.warning("cursor command for scanout %d ignored", sid)
+        return
+    if cmd.move or cmd.resource_id == 0:
+        if display is not None:
+            display.cursor_pos(sid, cmd.x, cmd.y, visible=cmd.resource_id != 0)
+        return
+    res = resources.get(cmd.resource_id)
+    if res is None:
+        log.warning("cursor update with unknown resource %d ignored", cmd.resource_id)
+        return
+    if display is not None:
+        display.cursor_update(sid, cmd.x, cmd.y, cmd.hot_x, cmd.hot_y, cursor_image(res))
+
+
+def cursor_image(res: Resource) -> bytes:
+    """The 64x64 a8r8g8b8 cursor image of *res*: converted, then cropped or padded with cairo."""
+    size = W.CURSOR_SIZE
+    w, h = min(res.width, size), min(res.height, size)
+    src = bytearray(w * h * 4)
+    pixels.swizzle_rect(res.swizzle, res.view, 0, res.stride, src, 0, w * 4, w, h)
+    if not res.alpha:
+        src[3::4] = b"\xff" * (w * h)
+    cursor = cairo.ImageSurface(cairo.FORMAT_ARGB32, size, size)  # transparent
+    image = cairo.ImageSurface.create_for_data(src, cairo.FORMAT_ARGB32, w, h, w * 4)
+    try:
+        cr = cairo.Context(cursor)
+        cr.set_operator(cairo.OPERATOR_SOURCE)
+        cr.set_source_surface(image, 0, 0)
+        cr.rectangle(0, 0, w, h)
+        cr.fill()
+        cursor.flush()
+        data = bytes(cursor.get_data())
+    finally:
+        image.finish()
+        cursor.finish()
+    return data

@@ -1,0 +1,178 @@
+"""2D resources and what they cost: creation, backing pages in guest memory, transfers.
+
+Resources keep their pixels in the guest's format (raw bytes, stride ``width*4``), as QEMU
+does. Every resource is charged against ``--max-hostmem``: its pixels and its backing entries.
+Guest pages are copied by :mod:`vhostsuite.pixels` (Cython). Every command is checked before
+it touches anything: ids, formats, rectangles (Python integers, so no overflow), backing
+entries and addresses.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+from ... import pixels
+from ...errors import GuestMemoryError
+from . import commands as K
+from . import wire as W
+
+if TYPE_CHECKING:
+    from ...memory import GuestMemory
+
+log = logging.getLogger("vhostsuite.gpu")
+
+#: What a backing entry costs against --max-hostmem (its views and bookkeeping).
+BACKING_ENTRY_COST = 256
+
+
+class Resource:
+    __slots__ = (
+        "id",
+        "format",
+        "width",
+        "height",
+        "stride",
+        "data",
+        "view",
+        "swizzle",
+        "alpha",
+        "backing",
+        "backing_cost",
+        "scanouts",
+    )
+
+    def __init__(self, rid: int, fmt: int, width: int, height: int) -> None:
+        self.id = rid
+        self.format = fmt
+        self.width = width
+        self.height = height
+        self.stride = width * W.BYTES_PER_PIXEL
+        self.swizzle, self.alpha = W.FORMATS[fmt]
+        self.data = bytearray(self.stride * height)
+        self.view = memoryview(self.data)
+        self.backing: pixels.PageList | None = None
+        self.backing_cost = 0
+        #: The scanouts showing this resource.
+        self.scanouts: set[int] = set()
+
+    @property
+    def size(self) -> int:
+        return len(self.data)
+
+    def contains(self, x: int, y: int, w: int, h: int) -> bool:
+        return x + w <= self.width and y + h <= self.height
+
+    def drop_backing(self) -> None:
+        if self.backing is not None:
+            self.backing.release()
+            self.backing = None
+        self.backing_cost = 0
+
+
+class Resources:
+    """The guest's resources by id, and the host memory they are charged."""
+
+    def __init__(self, max_hostmem: int, on_destroy: Callable[[Resource], None]) -> None:
+        self.max_hostmem = max_hostmem
+        self.hostmem = 0
+        self.by_id: dict[int, Resource] = {}
+        #: Called before a resource goes (its scanouts are disabled there).
+        self._on_destroy = on_destroy
+
+    def get(self, rid: int) -> Resource | None:
+        return self.by_id.get(rid)
+
+    def create_2d(self, cmd: K.ResourceCreate2D) -> K.Reply:
+        rid = cmd.resource_id
+        if rid == 0 or rid in self.by_id:
+            return K.ERR_INVALID_RESOURCE_ID
+        if cmd.format not in W.FORMATS or cmd.width == 0 or cmd.height == 0:
+            return K.ERR_INVALID_PARAMETER
+        size = cmd.width * cmd.height * W.BYTES_PER_PIXEL
+        if self.hostmem + size > self.max_hostmem:
+            log.warning("resource %d of %d bytes: over --max-hostmem (%d of %d in use)", rid, size, self.hostmem,
+                        self.max_hostmem)
+            return K.ERR_OUT_OF_MEMORY
+        try:
+            res = Resource(rid, cmd.format, cmd.width, cmd.height)
+        except MemoryError:
+            return K.ERR_OUT_OF_MEMORY
+        self.by_id[rid] = res
+        self.hostmem += size
+        return K.OK_NODATA
+
+    def unref(self, cmd: K.ResourceUnref) -> K.Reply:
+        res = self.by_id.get(cmd.resource_id)
+        if res is None:
+            return K.ERR_INVALID_RESOURCE_ID
+        self.destroy(res)
+        return K.OK_NODATA
+
+    def destroy(self, res: Resource) -> None:
+        self._on_destroy(res)
+        self.hostmem -= res.size + res.backing_cost
+        res.drop_backing()
+        del self.by_id[res.id]
+
+    def clear(self) -> None:
+        for res in list(self.by_id.values()):
+            res.scanouts.clear()
+            self.destroy(res)
+        self.hostmem = 0
+
+    def attach_backing(self, cmd: K.AttachBacking, mem: GuestMemory | None) -> K.Reply:
+        res = self.by_id.get(cmd.resource_id)
+        if res is None:
+            return K.ERR_INVALID_RESOURCE_ID
+        if res.backing is not None or mem is None:
+            return K.ERR_UNSPEC
+        cost = len(cmd.entries) * BACKING_ENTRY_COST
+        if self.hostmem + cost > self.max_hostmem:
+            return K.ERR_OUT_OF_MEMORY
+        # merge physically contiguous entries: fewer pieces to walk on every transfer
+        runs: list[list[int]] = []
+        for addr, length in cmd.entries:
+            if not length:
+                continue
+            if runs and runs[-1][0] + runs[-1][1] == addr:
+                runs[-1][1] += length
+            else:
+                runs.append([addr, length])
+        views = []
+        try:
+            for addr, length in runs:
+                views.extend(mem.gpa_views(addr, length))
+        except GuestMemoryError as e:
+            log.warning("resource %d: backing refused: %s", res.id, e)
+            return K.ERR_UNSPEC
+        res.backing = pixels.PageList(views)
+        res.backing_cost = cost
+        self.hostmem += cost
+        return K.OK_NODATA
+
+    def detach_backing(self, cmd: K.DetachBacking) -> K.Reply:
+        res = self.by_id.get(cmd.resource_id)
+        if res is None or res.backing is None:
+            return K.ERR_INVALID_RESOURCE_ID
+        self.hostmem -= res.backing_cost
+        res.drop_backing()
+        return K.OK_NODATA
+
+    def transfer_to_host_2d(self, cmd: K.TransferToHost2D) -> K.Reply:
+        res = self.by_id.get(cmd.resource_id)
+        if res is None or res.backing is None:
+            return K.ERR_INVALID_RESOURCE_ID
+        x, y, w, h = cmd.x, cmd.y, cmd.width, cmd.height
+        if not res.contains(x, y, w, h):
+            return K.ERR_INVALID_PARAMETER
+        if w == 0 or h == 0:
+            return K.OK_NODATA
+        stride = res.stride
+        try:
+            pixels.copy_rect(res.backing, cmd.offset, stride, res.data, y * stride + x * 4, stride, w * 4, h)
+        except ValueError as e:
+            log.warning("resource %d: transfer refused: %s", res.id, e)
+            return K.ERR_INVALID_PARAMETER
+        return K.OK_NODATA

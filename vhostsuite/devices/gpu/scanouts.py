@@ -1,0 +1,132 @@
+"""Scanouts: which resource rectangle each of the 16 outputs shows, and what goes to the display.
+
+A flush converts only the flushed rectangle to x8r8g8b8 for the display's UPDATE, or sends
+the resource's own rows when the format already is (B8G8R8A8/X8): scatter-gather, no copy.
+SCANOUT goes to a display before its first UPDATE, and again to every new display.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from ... import pixels
+from . import commands as K
+from . import wire as W
+from .resources import Resource, Resources
+
+if TYPE_CHECKING:
+    from .display import DisplayChannel
+
+
+class Scanout:
+    __slots__ = ("resource_id", "x", "y", "width", "height", "announced")
+
+    def __init__(self) -> None:
+        self.resource_id = 0
+        self.x = self.y = self.width = self.height = 0
+        #: The display channel this scanout's SCANOUT message went to (None: not yet).
+        self.announced: DisplayChannel | None = None
+
+
+class Scanouts:
+    def __init__(self, resources: Resources) -> None:
+        self.resources = resources
+        self.outputs = [Scanout() for _ in range(W.VIRTIO_GPU_MAX_SCANOUTS)]
+        #: Where SCANOUT and UPDATE go (None: QEMU has not given a display socket).
+        self.display: DisplayChannel | None = None
+        #: Converted pixels of the last UPDATE that needed a swizzle (reused).
+        self._staging = bytearray()
+
+    def reset(self) -> None:
+        self.outputs = [Scanout() for _ in range(W.VIRTIO_GPU_MAX_SCANOUTS)]
+
+    def disable(self, sid: int) -> None:
+        sc = self.outputs[sid]
+        res = self.resources.get(sc.resource_id)
+        if res is not None:
+            res.scanouts.discard(sid)
+        was_on = sc.resource_id != 0
+        self.outputs[sid] = Scanout()
+        if was_on and self.display is not None:
+            self.display.scanout(sid, 0, 0)
+
+    def resource_destroyed(self, res: Resource) -> None:
+        for sid in sorted(res.scanouts):
+            self.disable(sid)
+
+    def set_scanout(self, cmd: K.SetScanout) -> K.Reply:
+        sid, rid = cmd.scanout_id, cmd.resource_id
+        if sid >= W.VIRTIO_GPU_MAX_SCANOUTS:
+            return K.ERR_INVALID_SCANOUT_ID
+        if rid == 0:
+            self.disable(sid)
+            return K.OK_NODATA
+        res = self.resources.get(rid)
+        if res is None:
+            return K.ERR_INVALID_RESOURCE_ID
+        x, y, w, h = cmd.x, cmd.y, cmd.width, cmd.height
+        if w == 0 or h == 0 or not res.contains(x, y, w, h):
+            return K.ERR_INVALID_PARAMETER
+        old = self.resources.get(self.outputs[sid].resource_id)
+        if old is not None:
+            old.scanouts.discard(sid)
+        sc = self.outputs[sid]
+        sc.resource_id, sc.x, sc.y, sc.width, sc.height = rid, x, y, w, h
+        res.scanouts.add(sid)
+        sc.announced = None
+        self._announce(sid, sc)
+        return K.OK_NODATA
+
+    def flush(self, cmd: K.ResourceFlush) -> K.Reply:
+        res = self.resources.get(cmd.resource_id)
+        if res is None:
+            return K.ERR_INVALID_RESOURCE_ID
+        x, y, w, h = cmd.x, cmd.y, cmd.width, cmd.height
+        if not res.contains(x, y, w, h):
+            return K.ERR_INVALID_PARAMETER
+        if res.scanouts and self.display is not None:
+            for sid in sorted(res.scanouts):
+                sc = self.outputs[sid]
+                x0, y0 = max(x, sc.x), max(y, sc.y)
+                x1, y1 = min(x + w, sc.x + sc.width), min(y + h, sc.y + sc.height)
+                if x1 > x0 and y1 > y0:
+                    self._update(sid, sc, res, x0, y0, x1 - x0, y1 - y0)
+        return K.OK_NODATA
+
+    def show_all(self) -> None:
+        """A new display: send it what every scanout shows."""
+        for sid, sc in enumerate(self.outputs):
+            res = self.resources.get(sc.resource_id) if sc.resource_id else None
+            if res is not None and sc.announced is not self.display:
+                self._update(sid, sc, res, sc.x, sc.y, sc.width, sc.height)
+
+    def _announce(self, sid: int, sc: Scanout) -> bool:
+        d = self.display
+        if d is None or d.closed:
+            return False
+        if sc.announced is not d:
+            if not d.scanout(sid, sc.width, sc.height):
+                return False
+            sc.announced = d
+        return True
+
+    def _update(self, sid: int, sc: Scanout, res: Resource, x: int, y: int, w: int, h: int) -> None:
+        """Send UPDATE for the resource rectangle (x, y, w, h), which lies inside the scanout."""
+        if not self._announce(sid, sc):
+            return
+        stride = res.stride
+        start = y * stride + x * 4
+        if res.swizzle == W.SWIZZLE_NONE:
+            # already x8r8g8b8: the resource's own rows, scatter-gather, no copy
+            if w == res.width:
+                rows = [res.view[start : start + stride * h]]
+            else:
+                n = w * 4
+                rows = [res.view[o : o + n] for o in range(start, start + stride * h, stride)]
+        else:
+            n = w * h * 4
+            if len(self._staging) < n:
+                self._staging = bytearray(n)
+            pixels.swizzle_rect(res.swizzle, res.view, start, stride, self._staging, 0, w * 4, w, h)
+            rows = [memoryview(self._staging)[:n]]
+        self.display.update(sid, x - sc.x, y - sc.y, w, h, *rows)

@@ -1,0 +1,60 @@
+"""UNIX sockets of the programs: listening on a path (the stale-socket probe lives here, once)
+and adopting an inherited, already connected fd."""
+
+from __future__ import annotations
+
+import os
+import socket
+import stat
+
+from .errors import StartupError
+
+
+def socket_from_fd(fd: int) -> socket.socket:
+    """The connected stream socket *fd*, or StartupError saying why it is not usable."""
+    try:
+        st = os.fstat(fd)
+    except OSError as e:
+        raise StartupError(f"--fd={fd}: {e.strerror}") from None
+    if not stat.S_ISSOCK(st.st_mode):
+        raise StartupError(f"--fd={fd} is not a socket")
+    sock = socket.socket(fileno=fd)
+    if sock.family != socket.AF_UNIX or sock.type != socket.SOCK_STREAM:
+        sock.detach()
+        raise StartupError(f"--fd={fd} is not a UNIX stream socket")
+    if sock.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN):
+        sock.detach()
+        raise StartupError(f"--fd={fd} is a listening socket; --fd takes an already connected one")
+    return sock
+
+
+def listen(path: str, option: str = "--socket-path", backlog: int = 1) -> socket.socket:
+    """Listen on *path* (given as *option*); a stale socket file there is replaced (nobody
+    answers a connect), a live one or anything else is a StartupError."""
+    opt = f"{option}={path}"
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        pass
+    except OSError as e:
+        raise StartupError(f"{opt}: {e.strerror}") from None
+    else:
+        if not stat.S_ISSOCK(st.st_mode):
+            raise StartupError(f"{opt} exists and is not a socket")
+        probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            probe.connect(path)
+        except OSError:
+            os.unlink(path)  # nobody listens there: a leftover
+        else:
+            raise StartupError(f"{opt}: another program is listening there")
+        finally:
+            probe.close()
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        sock.bind(path)
+        sock.listen(backlog)
+    except OSError as e:
+        sock.close()
+        raise StartupError(f"{opt}: {e.strerror}") from None
+    return sock
