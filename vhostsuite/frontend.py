@@ -496,8 +496,25 @@ class Frontend:
         self.call(P.Request.SET_VRING_CALL, P.U64.pack(q.index), [q.call_fd])
         self.call(P.Request.SET_VRING_ERR, P.U64.pack(q.index), [q.err_fd])
 
+    def resume(self, bases: list[int]) -> None:
+        """What QEMU does when a stopped VM runs again: features, then the same rings from *bases*."""
+        self.set_features(self.features)
+        status = self.protocol_features & bit(P.ProtocolFeature.STATUS)
+        ready = VIRTIO_CONFIG_S_ACKNOWLEDGE | VIRTIO_CONFIG_S_DRIVER | VIRTIO_CONFIG_S_FEATURES_OK
+        if status:
+            self.set_status(ready)
+        for q, base in zip(self.queues, bases, strict=True):
+            self.start_queue(q, base)
+        if self.features & bit(P.VHOST_USER_F_PROTOCOL_FEATURES):
+            for q in self.queues:
+                self.call(P.Request.SET_VRING_ENABLE, P.VRING_STATE.pack(q.index, 1))
+        if status:
+            self.set_status(ready | VIRTIO_CONFIG_S_DRIVER_OK)
+        self.get_features()
+
     def stop(self) -> list[int]:
-        """What QEMU does at reset: disable, then GET_VRING_BASE (which stops each ring)."""
+        """What QEMU does at a reset or a VM stop: disable, GET_VRING_BASE (which stops each
+        ring), then SET_STATUS 0; the bases."""
         if self.features & bit(P.VHOST_USER_F_PROTOCOL_FEATURES):
             for q in self.queues:
                 self.call(P.Request.SET_VRING_ENABLE, P.VRING_STATE.pack(q.index, 0))

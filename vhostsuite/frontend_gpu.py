@@ -19,18 +19,21 @@ Usage::
 
 from __future__ import annotations
 
+import os
 import random
 import socket
 import struct
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from . import protocol as P
 from .devices.gpu import wire as W
 from .frontend import DriverQueue, Frontend, FrontendError
 
-GPU_SET_SOCKET = 33
 PAGE = 4096
 
 
@@ -54,6 +57,7 @@ class GpuDisplay:
         keep_images: bool = True,
         keep_pixels: bool = False,
         edid: Callable[[int], bytes] | None = None,
+        sock: socket.socket | None = None,
     ) -> None:
         self.outputs = list(outputs)
         self.max_outputs = max_outputs if max_outputs is not None else max(1, len(self.outputs))
@@ -62,7 +66,10 @@ class GpuDisplay:
         self.keep_images = keep_images
         self.keep_pixels = keep_pixels
         self.edid = edid or (lambda sid: b"QEMU-EDID" + bytes([sid]) + bytes(118))
-        self.sock, self.peer = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        if sock is None:
+            self.sock, self.peer = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        else:  # our end of a socketpair whose peer end someone else hands over
+            self.sock, self.peer = sock, None
         self.messages: list[DisplayMessage] = []
         #: scanout id -> [width, height, x8r8g8b8 pixels (stride width*4)]
         self.images: dict[int, list] = {}
@@ -71,6 +78,9 @@ class GpuDisplay:
         self.errors: list[str] = []
         self.closed = False
         self.cond = threading.Condition()
+        #: Replies to GET_DISPLAY_INFO / GET_EDID kept back while holding (a display that answers late).
+        self._held: list[bytes] | None = None
+        self._send_lock = threading.Lock()
         self._buf = bytearray(1 << 16)
         self._thread = threading.Thread(target=self._run, name="gpu-display", daemon=True)
         self._thread.start()
@@ -79,7 +89,7 @@ class GpuDisplay:
     def attach(self, fe: Frontend) -> None:
         """Hand our peer end to the back-end (GPU_SET_SOCKET), then a round trip so it was handled."""
         try:
-            fe.call(GPU_SET_SOCKET, b"", [self.peer.fileno()])
+            fe.call(P.Request.GPU_SET_SOCKET, b"", [self.peer.fileno()])
         finally:
             self.peer.close()
         fe.get_features()
@@ -94,7 +104,7 @@ class GpuDisplay:
             pass
         self._thread.join(5)
         self.sock.close()
-        if not self.peer._closed:  # noqa: SLF001 - never attached
+        if self.peer is not None and not self.peer._closed:  # noqa: SLF001 - never attached
             self.peer.close()
 
     def __enter__(self) -> GpuDisplay:
@@ -134,9 +144,29 @@ class GpuDisplay:
             got += k
         return view
 
+    def hold_replies(self) -> None:
+        """Keep the replies to GET_DISPLAY_INFO and GET_EDID until :meth:`release_replies`."""
+        with self._send_lock:
+            if self._held is None:
+                self._held = []
+
+    def release_replies(self) -> int:
+        """Send the replies kept back, in order; how many there were."""
+        with self._send_lock:
+            held, self._held = self._held or [], None
+            for msg in held:
+                self.sock.sendall(msg)
+        return len(held)
+
     def _reply(self, request: int, payload: bytes) -> None:
-        if self.answer:
-            self.sock.sendall(W.GPU_HEADER.pack(request, W.VHOST_USER_GPU_MSG_FLAG_REPLY, len(payload)) + payload)
+        if not self.answer:
+            return
+        msg = W.GPU_HEADER.pack(request, W.VHOST_USER_GPU_MSG_FLAG_REPLY, len(payload)) + payload
+        with self._send_lock:
+            if self._held is not None and request in (W.VHOST_USER_GPU_GET_DISPLAY_INFO, W.VHOST_USER_GPU_GET_EDID):
+                self._held.append(msg)
+            else:
+                self.sock.sendall(msg)
 
     def _run(self) -> None:
         try:
@@ -385,3 +415,54 @@ def wait_until(pred: Callable[[], bool], timeout: float = 5.0) -> bool:
             return True
         time.sleep(0.01)
     return pred()
+
+
+class DisplayProcess:
+    """A :class:`GpuDisplay` in a process of its own, as QEMU's display is: for tests whose own
+    process is too busy (e.g. flooding a ring) for a display thread to keep up fairly."""
+
+    def __init__(self) -> None:
+        ours, self.peer = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "vhostsuite.frontend_gpu", f"--display-fd={ours.fileno()}"],
+            pass_fds=(ours.fileno(),),
+            env=env,
+        )
+        ours.close()
+
+    def attach(self, fe: Frontend) -> None:
+        """GPU_SET_SOCKET with the display's end, then a round trip so it was handled."""
+        try:
+            fe.call(P.Request.GPU_SET_SOCKET, b"", [self.peer.fileno()])
+        finally:
+            self.peer.close()
+        fe.get_features()
+
+    def close(self) -> None:
+        if not self.peer._closed:  # noqa: SLF001 - never attached
+            self.peer.close()
+        self.proc.kill()
+        self.proc.wait(5)
+
+    def __enter__(self) -> DisplayProcess:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m vhostsuite.frontend_gpu --display-fd=N``: serve a display on fd N until it closes."""
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m vhostsuite.frontend_gpu")
+    parser.add_argument("--display-fd", type=int, required=True, help="our end of the display socketpair")
+    args = parser.parse_args(argv)
+    display = GpuDisplay(keep_images=False, sock=socket.socket(fileno=args.display_fd))
+    display._thread.join()  # noqa: SLF001 - until the back-end closes its end
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -47,16 +47,35 @@ class Loop:
 
     def add_reader(self, fd: int, callback: Callable[[], None]) -> None:
         """Call *callback* whenever *fd* is readable (replaces an earlier callback for *fd*)."""
-        try:
-            self._sel.modify(fd, selectors.EVENT_READ, callback)
-        except KeyError:
-            self._sel.register(fd, selectors.EVENT_READ, callback)
+        self._set(fd, 0, callback)
 
     def remove_reader(self, fd: int) -> None:
+        self._set(fd, 0, None)
+
+    def add_writer(self, fd: int, callback: Callable[[], None]) -> None:
+        """Call *callback* whenever *fd* is writable (replaces an earlier callback for *fd*)."""
+        self._set(fd, 1, callback)
+
+    def remove_writer(self, fd: int) -> None:
+        self._set(fd, 1, None)
+
+    def _set(self, fd: int, which: int, callback: Callable[[], None] | None) -> None:
+        # One registration per fd; its data is [reader, writer].
         try:
-            self._sel.unregister(fd)
+            key = self._sel.get_key(fd)
         except (KeyError, ValueError):
-            pass
+            if callback is None:
+                return
+            handlers: list[Callable[[], None] | None] = [None, None]
+            handlers[which] = callback
+            self._sel.register(fd, _events(handlers), handlers)
+            return
+        handlers = list(key.data)
+        handlers[which] = callback
+        if handlers == [None, None]:
+            self._sel.unregister(fd)
+        else:
+            self._sel.modify(fd, _events(handlers), handlers)
 
     def call_later(self, delay: float, callback: Callable[[], None]) -> int:
         """Run *callback* once after *delay* seconds; returns a handle for :meth:`cancel`."""
@@ -91,10 +110,19 @@ class Loop:
                 timeout = 0.0
             elif self._timers:
                 timeout = max(0.0, self._timers[0][0] - time.monotonic())
-            for key, _ in self._sel.select(timeout):
-                self._call(key.data)
-                if not self._running:
-                    return
+            for key, events in self._sel.select(timeout):
+                reader, writer = key.data
+                if events & selectors.EVENT_READ and reader is not None:
+                    self._call(reader)
+                    if not self._running:
+                        return
+                if events & selectors.EVENT_WRITE and writer is not None:
+                    # the reader may have removed it meanwhile: ask the selector again
+                    current = self._sel.get_map().get(key.fd)
+                    if current is not None and current.data[1] is writer:
+                        self._call(writer)
+                        if not self._running:
+                            return
             now = time.monotonic()
             while self._timers and self._timers[0][0] <= now:
                 _, handle, cb = heapq.heappop(self._timers)
@@ -111,6 +139,10 @@ class Loop:
 
     def close(self) -> None:
         self._sel.close()
+
+
+def _events(handlers: list[Callable[[], None] | None]) -> int:
+    return (selectors.EVENT_READ if handlers[0] else 0) | (selectors.EVENT_WRITE if handlers[1] else 0)
 
 
 def install_signal_handlers() -> None:

@@ -10,8 +10,11 @@ loop for long:
   payload, or None on timeout or hang-up (the caller then answers with a default). A request
   that can't be answered (closed, or the peer is unresponsive) says so at once by returning
   False, and its callback is never called: a callback never runs inside the call that asked;
-* sends use a bounded timeout; a peer that stops reading in the middle of a message has
-  broken the stream, so the channel is closed (QEMU makes a new one at the next DRIVER_OK).
+* sends never block: what the socket does not take at once is copied into an output queue
+  and sent when the socket is writable, in order. A display that takes nothing for the
+  display timeout while output waits, or falls more than :data:`MAX_QUEUED` bytes behind,
+  is dropped (logged): the channel is closed (QEMU makes a new one at the next DRIVER_OK)
+  and the device keeps serving the guest.
 """
 
 from __future__ import annotations
@@ -19,8 +22,9 @@ from __future__ import annotations
 import logging
 import os
 import socket
+import time
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 
 from ...loop import Loop
 from . import wire as W
@@ -29,6 +33,8 @@ log = logging.getLogger("vhostsuite.gpu.display")
 
 #: sendmsg() takes at most IOV_MAX buffers.
 _IOV_MAX = 1024
+#: The most output kept for a display that reads slower than we send (a few full frames).
+MAX_QUEUED = 64 << 20
 #: A reply larger than this is a broken peer.
 _MAX_REPLY = 64 * 1024
 
@@ -63,7 +69,12 @@ class DisplayChannel:
         self.unresponsive = False
         self._waiters: dict[int, deque[_Waiter]] = {}
         self._rbuf = bytearray()
-        sock.settimeout(timeout)
+        #: Output the socket did not take yet (copies), oldest first, and its size.
+        self._out: deque[memoryview] = deque()
+        self._out_bytes = 0
+        self._out_progress = 0.0
+        self._out_timer: int | None = None
+        sock.setblocking(False)
         loop.add_reader(sock.fileno(), self._on_readable)
 
     @classmethod
@@ -131,20 +142,71 @@ class DisplayChannel:
 
     # -- sending ------------------------------------------------------------------------
     def send(self, request: int, *parts: bytes | memoryview) -> bool:
-        """Send one message (header + *parts*); False if the channel is (now) closed."""
+        """Send one message (header + *parts*) without blocking; False if the channel is (now) closed.
+
+        The parts may be views of buffers the caller changes afterwards: what is not sent at
+        once is copied.
+        """
         if self.closed:
             return False
         size = 0
         for p in parts:
             size += p.nbytes if isinstance(p, memoryview) else len(p)
-        bufs: list[bytes | memoryview] = [W.GPU_HEADER.pack(request, 0, size), *parts]
-        try:
-            _sendmsg_all(self.sock, bufs)
-        except (OSError, TimeoutError) as e:
-            log.error("display: sending message %d failed (%s); closing the display socket", request, e)
+        views = [memoryview(W.GPU_HEADER.pack(request, 0, size))]
+        views += [memoryview(p).cast("B") for p in parts if len(p)]
+        if not self._out:
+            try:
+                views = _send_some(self.sock, views)
+            except OSError as e:
+                log.error("display: sending message %d failed (%s); closing the display socket", request, e)
+                self._lost()
+                return False
+            if not views:
+                return True
+            self._out_progress = time.monotonic()
+            self.loop.add_writer(self.sock.fileno(), self._on_writable)
+            self._out_timer = self.loop.call_later(self.timeout, self._check_stalled)
+        for v in views:
+            self._out.append(memoryview(bytes(v)))
+            self._out_bytes += len(v)
+        if self._out_bytes > MAX_QUEUED:
+            log.error("display: more than %d bytes wait for the display; closing the display socket", MAX_QUEUED)
             self._lost()
             return False
         return True
+
+    def _on_writable(self) -> None:
+        before = self._out_bytes
+        try:
+            rest = _send_some(self.sock, list(self._out))
+        except OSError as e:
+            log.error("display: sending failed (%s); closing the display socket", e)
+            self._lost()
+            return
+        self._out = deque(rest)
+        self._out_bytes = sum(len(v) for v in rest)
+        if self._out_bytes < before:
+            self._out_progress = time.monotonic()
+        if not rest:
+            self._stop_writing()
+
+    def _stop_writing(self) -> None:
+        self.loop.remove_writer(self.sock.fileno())
+        if self._out_timer is not None:
+            self.loop.cancel(self._out_timer)
+            self._out_timer = None
+
+    def _check_stalled(self) -> None:
+        self._out_timer = None
+        if not self._out or self.closed:
+            return
+        idle = time.monotonic() - self._out_progress
+        if idle >= self.timeout:
+            log.error("display: took nothing for %.1fs with %d bytes waiting; closing the display socket",
+                      idle, self._out_bytes)
+            self._lost()
+            return
+        self._out_timer = self.loop.call_later(self.timeout - idle, self._check_stalled)
 
     def request(self, request: int, payload: bytes, reply_size: int, callback: ReplyCallback) -> bool:
         """Send *request*; *callback* gets its reply payload later, or None (timeout, hang-up).
@@ -240,6 +302,9 @@ class DisplayChannel:
             return
         self.closed = True
         self.loop.remove_reader(self.sock.fileno())
+        self._stop_writing()
+        self._out.clear()
+        self._out_bytes = 0
         self.sock.close()
         self._fail_waiters()
 
@@ -248,16 +313,16 @@ def _ignore(reply: bytes | None) -> None:
     pass
 
 
-def _sendmsg_all(sock: socket.socket, bufs: Sequence[bytes | memoryview]) -> None:
-    """sendmsg() every byte of *bufs*, at most IOV_MAX buffers at a time, resuming partial sends."""
-    views = [memoryview(b).cast("B") for b in bufs if len(b)]
+def _send_some(sock: socket.socket, views: list[memoryview]) -> list[memoryview]:
+    """sendmsg() as much of *views* as the socket takes now (IOV_MAX buffers per call); what is left."""
     i = 0
     n = len(views)
     while i < n:
-        batch = views[i : i + _IOV_MAX]
-        sent = sock.sendmsg(batch)
-        # advance past what was sent
-        while sent > 0 and i < n:
+        try:
+            sent = sock.sendmsg(views[i : i + _IOV_MAX])
+        except (BlockingIOError, InterruptedError):
+            break
+        while sent > 0:  # advance past what was sent
             ln = len(views[i])
             if sent >= ln:
                 sent -= ln
@@ -265,3 +330,4 @@ def _sendmsg_all(sock: socket.socket, bufs: Sequence[bytes | memoryview]) -> Non
             else:
                 views[i] = views[i][sent:]
                 sent = 0
+    return views[i:]
