@@ -1,14 +1,16 @@
-# cython: language_level=3, boundscheck=False, wraparound=False, initializedcheck=False, cdivision=True
+# cython: language_level=3, cdivision=True
 """Pixel copies in Cython: same API and errors as ``_pixels_py`` (the pure-Python reference).
 
 The checks are done on Python integers (no overflow) before any pointer is touched; the
-copies then run without the GIL.
+copies then run under the GIL rule of ``_consts.pxi``.
 """
 
 from cpython.buffer cimport PyBUF_SIMPLE, PyBUF_WRITABLE, PyBuffer_Release, PyObject_GetBuffer
 from libc.stdint cimport uint8_t, uint32_t
 from libc.stdlib cimport free, malloc
 from libc.string cimport memcpy
+
+include "_consts.pxi"
 
 # The swizzle numbers and the argument checks are the reference's own: one place for both.
 from ._pixels_py import SWIZZLE_BSWAP, SWIZZLE_NONE, SWIZZLE_ROTATE, SWIZZLE_SWAP02, check_rect  # noqa: F401
@@ -108,15 +110,23 @@ def copy_rect(PageList pages, src_offset, src_stride, dst, dst_offset, dst_strid
 
 cdef void _copy_rect(PageList pages, Py_ssize_t so, Py_ssize_t ss, uint8_t* d, Py_ssize_t do, Py_ssize_t ds,
                      Py_ssize_t rb, Py_ssize_t rows) noexcept:
-    cdef Py_ssize_t r
     if rows == 0 or rb == 0:
         return
-    with nogil:
-        if rb == ss and rb == ds:
-            pages._gather(so, d + do, rb * rows)
-        else:
-            for r in range(rows):
-                pages._gather(so + r * ss, d + do + r * ds, rb)
+    if rb * rows >= NOGIL_COPY:
+        with nogil:
+            _copy_rows(pages, so, ss, d, do, ds, rb, rows)
+    else:
+        _copy_rows(pages, so, ss, d, do, ds, rb, rows)
+
+
+cdef void _copy_rows(PageList pages, Py_ssize_t so, Py_ssize_t ss, uint8_t* d, Py_ssize_t do, Py_ssize_t ds,
+                     Py_ssize_t rb, Py_ssize_t rows) noexcept nogil:
+    cdef Py_ssize_t r
+    if rb == ss and rb == ds:
+        pages._gather(so, d + do, rb * rows)
+    else:
+        for r in range(rows):
+            pages._gather(so + r * ss, d + do + r * ds, rb)
 
 
 def swizzle_rect(int kind, src, src_offset, src_stride, dst, dst_offset, dst_stride, width, rows):
@@ -152,24 +162,32 @@ cdef inline uint32_t _perm(int kind, uint32_t v) noexcept nogil:
 
 cdef void _swizzle(int kind, const uint8_t* s, Py_ssize_t ss, uint8_t* d, Py_ssize_t ds,
                    Py_ssize_t width, Py_ssize_t rows) noexcept:
+    if rows == 0 or width == 0:
+        return
+    if width * 4 * rows >= NOGIL_COPY:
+        with nogil:
+            _swizzle_rows(kind, s, ss, d, ds, width, rows)
+    else:
+        _swizzle_rows(kind, s, ss, d, ds, width, rows)
+
+
+cdef void _swizzle_rows(int kind, const uint8_t* s, Py_ssize_t ss, uint8_t* d, Py_ssize_t ds,
+                        Py_ssize_t width, Py_ssize_t rows) noexcept nogil:
     cdef Py_ssize_t r, x
     cdef uint32_t v
     cdef const uint8_t* sp
     cdef uint8_t* dp
-    if rows == 0 or width == 0:
+    if kind == 0:
+        if ss == ds and ss == width * 4:
+            memcpy(d, s, width * 4 * rows)
+        else:
+            for r in range(rows):
+                memcpy(d + r * ds, s + r * ss, width * 4)
         return
-    with nogil:
-        if kind == 0:
-            if ss == ds and ss == width * 4:
-                memcpy(d, s, width * 4 * rows)
-            else:
-                for r in range(rows):
-                    memcpy(d + r * ds, s + r * ss, width * 4)
-            return
-        for r in range(rows):
-            sp = s + r * ss
-            dp = d + r * ds
-            for x in range(width):
-                memcpy(&v, sp + 4 * x, 4)
-                v = _perm(kind, v)
-                memcpy(dp + 4 * x, &v, 4)
+    for r in range(rows):
+        sp = s + r * ss
+        dp = d + r * ds
+        for x in range(width):
+            memcpy(&v, sp + 4 * x, 4)
+            v = _perm(kind, v)
+            memcpy(dp + 4 * x, &v, 4)

@@ -1,5 +1,4 @@
-# cython: language_level=3, boundscheck=False, wraparound=False, initializedcheck=False, cdivision=True
-# cython: nonecheck=False, overflowcheck=False, embedsignature=True
+# cython: language_level=3, cdivision=True, embedsignature=True
 """Split virtqueues in Cython: the compiled twin of ``vhostsuite/_ring_py.py``.
 
 Same public API, same behaviour, same RingError messages; ``tests/test_ring_props.py`` drives
@@ -9,9 +8,11 @@ both over random and hostile rings. Design:
   the regions' buffers (through private memoryview slices, so ``Region.release()`` still works),
   together with the buffers of the three ring areas. Regions added to or removed from the
   GuestMemory afterwards are not seen by that Virtqueue: make a new one after SET_MEM_TABLE.
-* The descriptor walk, bounds checks and address translation are C loops over those arrays.
-  Directives switch Cython's own checks off; every guest-controlled index or address is checked
-  explicitly before it is dereferenced.
+* The descriptor walk, bounds checks and address translation are C loops over C arrays and
+  pointers (no Cython-checked indexing on the hot path); every guest-controlled index or address
+  is checked explicitly before it is dereferenced.
+* The twin's contract: the same results and the same RingError messages. Arguments a caller got
+  wrong raise here in Cython's own words (TypeError, OverflowError), not the twin's.
 * A Chain is an array of (pointer, length) segments plus a reference to the buffers' holder;
   read/read_into/write are memcpy loops.
 * Ring memory is little-endian (VIRTIO_F_VERSION_1); used-ring stores are ordered with a release
@@ -97,12 +98,12 @@ cdef extern from *:
     void vs_ld_desc(const char *p, vs_desc *d) noexcept nogil
 
 
+include "_consts.pxi"
+
 cdef enum:
     _VIRTQUEUE_MAX_SIZE = 32768     # virtio spec 2.7 (no UAPI header defines it)
     _DESC_SIZE = sizeof(vring_desc)
     _USED_ELEM_SIZE = sizeof(vring_used_elem)
-    # Copies at least this large run without the GIL.
-    _NOGIL_COPY = 256 * 1024
 
 # Walk results.
 cdef enum:
@@ -134,8 +135,6 @@ HEADER_CONSTANTS = {
 globals().update(HEADER_CONSTANTS)
 VIRTQUEUE_MAX_SIZE = _VIRTQUEUE_MAX_SIZE
 
-_U16 = struct.Struct("<H")
-from .virtio import VRING_USED_ELEM as _USED_ELEM  # the reference's layout, for its error messages
 cdef object _U64_LIMIT = 1 << 64
 cdef object _MASK16 = 0xFFFF
 cdef object _MASK32 = 0xFFFFFFFF
@@ -555,7 +554,7 @@ cdef class Chain:
             return b""
         out = PyBytes_FromStringAndSize(NULL, n)
         cdef char *dst = PyBytes_AS_STRING(out)
-        if n >= _NOGIL_COPY:
+        if n >= NOGIL_COPY:
             with nogil:
                 self._gather(dst, n, off)
         else:
@@ -578,7 +577,7 @@ cdef class Chain:
                 raise TypeError("cannot modify read-only memory") from None
             return 0
         try:
-            if b.len >= _NOGIL_COPY:
+            if b.len >= NOGIL_COPY:
                 with nogil:
                     done = self._gather(<char *>b.buf, b.len, off)
             else:
@@ -599,7 +598,7 @@ cdef class Chain:
             data = memoryview(data).cast("B").tobytes()     # the reference's exception, if any
             PyObject_GetBuffer(data, &b, PyBUF_SIMPLE)
         try:
-            if b.len >= _NOGIL_COPY:
+            if b.len >= NOGIL_COPY:
                 with nogil:
                     bad = self._scatter(<const char *>b.buf, b.len, off, &done)
             else:
@@ -671,7 +670,6 @@ cdef class Virtqueue:
 
     cdef int _check_used_writable(self) except -1:
         if self._used_ro:
-            _U16.pack_into(self._used_obj, 2, 0)     # raises the reference's TypeError
             raise TypeError("used ring is read-only")
         return 0
 
@@ -780,7 +778,6 @@ cdef class Virtqueue:
             except OverflowError:
                 pass
         if h < 0 or h > 0xFFFFFFFF:
-            _USED_ELEM.pack_into(bytearray(8), 0, head, ln)     # raises the reference's struct.error
             raise OverflowError(f"used element id {head!r} out of range")
         vs_st_used_elem(self._used + 4 + _USED_ELEM_SIZE * slot, <uint32_t>h, ln)
         self._used_idx += 1

@@ -1,13 +1,10 @@
 """The ring implementation in use: the compiled ``_ring`` unless it is missing or
 ``VHOSTSUITE_NO_EXTENSIONS`` is set, then the pure-Python reference."""
 
-import os
-
+from . import NO_EXTENSIONS
 from ._ring_py import Chain as ChainPy
 from ._ring_py import Virtqueue as VirtqueuePy
 from ._ring_py import ring_sizes, vring_need_event
-
-NO_EXTENSIONS = bool(os.environ.get("VHOSTSUITE_NO_EXTENSIONS"))
 
 Chain = ChainPy
 Virtqueue = VirtqueuePy

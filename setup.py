@@ -1,0 +1,43 @@
+"""Builds the compiled twins vhostsuite._ring and vhostsuite._pixels; all metadata is in setup.cfg.
+
+VHOSTSUITE_NO_EXTENSIONS=1 builds none: the package then runs its pure-Python twins (the same
+switch vhostsuite reads at run time). VHOSTSUITE_CYTHON_DEBUG=1 builds them with Cython's own
+checks on (bounds, wraparound, initialized), line tracing and an annotated HTML beside each .pyx
+(``make debug``).
+"""
+
+import os
+
+from setuptools import Extension, setup
+
+
+def extensions() -> list[Extension]:
+    if os.environ.get("VHOSTSUITE_NO_EXTENSIONS"):
+        return []
+    from Cython.Build import cythonize
+
+    debug = bool(os.environ.get("VHOSTSUITE_CYTHON_DEBUG"))
+    directives: dict[str, object] = {"language_level": 3}
+    macros: list[tuple[str, str | None]] = []
+    if debug:
+        directives |= {"boundscheck": True, "wraparound": True, "initializedcheck": True, "linetrace": True}
+        macros = [("CYTHON_TRACE_NOGIL", "1")]
+    exts = [
+        Extension(f"vhostsuite.{name}", [f"vhostsuite/{name}.pyx"], define_macros=macros)
+        for name in ("_ring", "_pixels")
+    ]
+    # cythonize looks at timestamps only: regenerate the C when the build mode changed.
+    mode = "debug" if debug else "release"
+    stamp = os.path.join("build", "cython-mode")
+    try:
+        with open(stamp) as f:
+            changed = f.read() != mode
+    except OSError:
+        changed = True
+    os.makedirs("build", exist_ok=True)
+    with open(stamp, "w") as f:
+        f.write(mode)
+    return cythonize(exts, compiler_directives=directives, annotate=debug, force=changed)
+
+
+setup(ext_modules=extensions())
