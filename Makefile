@@ -44,7 +44,7 @@ build: pydeps
 	$(PYTHON) setup.py -q build_ext --inplace
 
 # The extensions in place with Cython's checks on (bounds, wraparound, initialized), line
-# tracing, and annotated HTML beside each .pyx (vhostsuite/_ring.html: yellow = Python calls).
+# tracing, and annotated HTML beside each .pyx (vhostsuite/core/_ring.html: yellow = Python calls).
 debug: pydeps
 	VHOSTSUITE_CYTHON_DEBUG=1 $(PYTHON) setup.py -q build_ext --inplace --force
 
@@ -62,7 +62,7 @@ bench: build
 	$(PYTHON) -m pytest bench --benchmark-only -s --benchmark-columns=min,median,mean,ops,rounds
 
 demo: build
-	$(PYTHON) -m vhostsuite.demo --out out/demo
+	$(PYTHON) -m vhostsuite.testing.demo --out out/demo
 
 # The Python package (with its compiled extensions, built for $(PYTHON)) goes into a private
 # directory; each launcher finds it relative to its own location, so the installed tree works
@@ -108,4 +108,6 @@ fuzz: build
 	done
 
 clean:
-	rm -rf build dist *.egg-info vhostsuite/*.c vhostsuite/*.so vhostsuite/*.html .pytest_cache .benchmarks
+	rm -rf build dist *.egg-info .pytest_cache .benchmarks
+	rm -f vhostsuite/core/_ring.c vhostsuite/devices/gpu/_pixels.c
+	find vhostsuite -name '*.so' -delete -o -name '_*.html' -delete

@@ -1,4 +1,5 @@
-"""Builds the compiled twins vhostsuite._ring and vhostsuite._pixels; all metadata is in setup.cfg.
+"""Builds the compiled twins vhostsuite.core._ring and vhostsuite.devices.gpu._pixels; all metadata
+is in setup.cfg.
 
 VHOSTSUITE_NO_EXTENSIONS=1 builds none: the package then runs its pure-Python twins (the same
 switch vhostsuite reads at run time). VHOSTSUITE_CYTHON_DEBUG=1 builds them with Cython's own
@@ -23,8 +24,8 @@ def extensions() -> list[Extension]:
         directives |= {"boundscheck": True, "wraparound": True, "initializedcheck": True, "linetrace": True}
         macros = [("CYTHON_TRACE_NOGIL", "1")]
     exts = [
-        Extension(f"vhostsuite.{name}", [f"vhostsuite/{name}.pyx"], define_macros=macros)
-        for name in ("_ring", "_pixels")
+        Extension(name, [name.replace(".", "/") + ".pyx"], define_macros=macros)
+        for name in ("vhostsuite.core._ring", "vhostsuite.devices.gpu._pixels")
     ]
     # cythonize looks at timestamps only: regenerate the C when the build mode changed.
     mode = "debug" if debug else "release"

@@ -21,8 +21,8 @@ from pathlib import Path
 import pytest
 
 from vhostsuite.devices.gpu import wire as W
-from vhostsuite.frontend import Frontend, GuestRam
-from vhostsuite.frontend_gpu import GpuDisplay, GpuDriver, open_gpu
+from vhostsuite.testing.frontend import Frontend, GuestRam
+from vhostsuite.testing.frontend_gpu import GpuDisplay, GpuDriver, open_gpu
 
 ROOT = Path(__file__).resolve().parent.parent
 C_GPU = "/usr/lib/qemu/vhost-user-gpu"

@@ -31,8 +31,8 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from tests.conftest import Backend, program  # noqa: E402
-from vhostsuite.frontend import Frontend  # noqa: E402
+from vhostsuite.testing.backend import Backend, program  # noqa: E402
+from vhostsuite.testing.frontend import Frontend  # noqa: E402
 
 EV = struct.Struct("<HHi")
 QUEUE_SIZE = 256

@@ -19,8 +19,8 @@ import time
 
 import pytest
 
-from tests.ringutil import IMPLS, GuestRing
-from vhostsuite import ring
+from vhostsuite.core import ring
+from vhostsuite.testing.ringutil import IMPLS, GuestRing
 
 U16 = struct.Struct("<H")
 REQ, PAYLOAD, RESP = 64, 4096, 24
@@ -216,7 +216,7 @@ def measure_ratios() -> dict[str, float]:
     return out
 
 
-@pytest.mark.skipif("cython" not in IMPLS, reason="vhostsuite._ring is not built")
+@pytest.mark.skipif("cython" not in IMPLS, reason="vhostsuite.core._ring is not built")
 def test_ratios(benchmark, capsys) -> None:  # noqa: ANN001
     benchmark.group = "ratios (timed inside; see extra_info)"
     r = benchmark.pedantic(measure_ratios, rounds=1, iterations=1)

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from vhostsuite.frontend import Frontend
+from vhostsuite.testing.frontend import Frontend
 
 ROOT = Path(__file__).resolve().parent.parent
 C_GPU = "/usr/lib/qemu/vhost-user-gpu"

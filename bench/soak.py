@@ -20,10 +20,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from tests.conftest import Backend, program  # noqa: E402
 from vhostsuite.devices.gpu import wire as W  # noqa: E402
-from vhostsuite.frontend import Frontend  # noqa: E402
-from vhostsuite.frontend_gpu import GpuDisplay, hdr, open_gpu  # noqa: E402
+from vhostsuite.testing.backend import Backend, program  # noqa: E402
+from vhostsuite.testing.frontend import Frontend  # noqa: E402
+from vhostsuite.testing.frontend_gpu import GpuDisplay, hdr, open_gpu  # noqa: E402
 
 
 def usage(pid: int) -> tuple[int, int]:

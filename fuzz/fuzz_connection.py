@@ -14,10 +14,10 @@ import sys
 import atheris
 
 with atheris.instrument_imports():
-    from vhostsuite import protocol as P
-    from vhostsuite.connection import Connection, Disconnected, FatalProtocolError
+    from vhostsuite.core import protocol as P
+    from vhostsuite.core.connection import Connection, Disconnected, FatalProtocolError
+    from vhostsuite.core.loop import Loop
     from vhostsuite.devices.rng import RngDevice
-    from vhostsuite.loop import Loop
 
 REQUESTS = [int(r) for r in P.Request] + [0, 44, 99, 0xFFFFFFFF]
 

@@ -11,9 +11,9 @@ import sys
 import atheris
 
 with atheris.instrument_imports():
-    from vhostsuite import _ring, _ring_py
-    from vhostsuite.errors import RingError
-    from vhostsuite.memory import GuestMemory, Region
+    from vhostsuite.core import _ring, _ring_py
+    from vhostsuite.core.errors import RingError
+    from vhostsuite.core.memory import GuestMemory, Region
 
 MEM = 1 << 16
 

@@ -17,14 +17,14 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from vhostsuite import protocol as P
-from vhostsuite.frontend import DriverQueue, Frontend
-from vhostsuite.virtio import (
+from vhostsuite.core import protocol as P
+from vhostsuite.core.virtio import (
     VIRTIO_CONFIG_S_NEEDS_RESET,
     VRING_DESC_F_INDIRECT,
     VRING_DESC_F_NEXT,
     VRING_DESC_F_WRITE,
 )
+from vhostsuite.testing.frontend import DriverQueue, Frontend
 
 RNG = "vhost-user-rng"
 W, N, IND = VRING_DESC_F_WRITE, VRING_DESC_F_NEXT, VRING_DESC_F_INDIRECT
@@ -196,7 +196,7 @@ def test_100k_hostile_messages_leave_rss_and_fds_flat(spawn):
 @pytest.fixture(scope="module")
 def fuzz_target(tmp_path_factory):
     """One back-end for the whole fuzz run; each example checks it still answers."""
-    from .conftest import Backend, program
+    from tests.conftest import Backend, program
 
     tmp = tmp_path_factory.mktemp("fuzz")
     path = tmp / "rng.sock"

@@ -12,9 +12,9 @@ import time
 
 import pytest
 
-from vhostsuite import protocol as P
-from vhostsuite.frontend import DriverQueue, Frontend, FrontendError, GuestRam
-from vhostsuite.virtio import (
+from tests.conftest import Backend, program
+from vhostsuite.core import protocol as P
+from vhostsuite.core.virtio import (
     VIRTIO_CONFIG_S_NEEDS_RESET,
     VIRTIO_F_VERSION_1,
     VIRTIO_RING_F_EVENT_IDX,
@@ -23,8 +23,7 @@ from vhostsuite.virtio import (
     VRING_DESC_F_WRITE,
     bit,
 )
-
-from .conftest import Backend, program
+from vhostsuite.testing.frontend import DriverQueue, Frontend, FrontendError, GuestRam
 
 RNG = "vhost-user-rng"
 ALL_BUT_SLOTS = ~bit(P.ProtocolFeature.CONFIGURE_MEM_SLOTS)
@@ -367,7 +366,7 @@ def test_command_line_conventions(tmp_path):
     import json
     import subprocess
 
-    from .conftest import child_env
+    from tests.conftest import child_env
 
     def run(*args: str) -> subprocess.CompletedProcess:
         return subprocess.run([*program(RNG), *args], capture_output=True, text=True, env=child_env(), timeout=10)
@@ -420,9 +419,9 @@ def test_many_fds_in_one_message(spawn):
 
 def test_config_change_goes_to_the_backend_request_socket():
     """A device's config_changed() reaches the front-end as BACKEND_CONFIG_CHANGE_MSG (needs BACKEND_REQ)."""
-    from vhostsuite.connection import Connection
+    from vhostsuite.core.connection import Connection
+    from vhostsuite.core.loop import Loop
     from vhostsuite.devices.rng import RngDevice
-    from vhostsuite.loop import Loop
 
     ours, theirs = socket.socketpair()
     req_ours, req_theirs = socket.socketpair()
@@ -441,18 +440,21 @@ def test_config_change_goes_to_the_backend_request_socket():
             s.close()
 
 
+PROBE = "vhostsuite.testing.frontend"
+
+
 def test_probe_tool(tmp_path):
-    """``python -m vhostsuite.frontend PATH`` reports what a back-end offers."""
+    """``python -m vhostsuite.testing.frontend PATH`` reports what a back-end offers."""
     import json
     import subprocess
     import sys
 
-    from .conftest import child_env
+    from tests.conftest import child_env
 
     path = tmp_path / "rng.sock"
     be = Backend([*program(RNG), f"--socket-path={path}"], tmp_path)
     try:
-        r = subprocess.run([sys.executable, "-m", "vhostsuite.frontend", str(path)], capture_output=True, text=True,
+        r = subprocess.run([sys.executable, "-m", PROBE, str(path)], capture_output=True, text=True,
                            env=child_env(), timeout=20)  # fmt: skip
         assert r.returncode == 0, r.stderr
         out = json.loads(r.stdout)
@@ -461,6 +463,6 @@ def test_probe_tool(tmp_path):
         assert be.wait() == 0  # the probe hung up: the back-end ends normally
     finally:
         be.stop()
-    r = subprocess.run([sys.executable, "-m", "vhostsuite.frontend", str(tmp_path / "none.sock"), "--timeout=0.2"],
+    r = subprocess.run([sys.executable, "-m", PROBE, str(tmp_path / "none.sock"), "--timeout=0.2"],
                        capture_output=True, text=True, env=child_env(), timeout=20)  # fmt: skip
     assert r.returncode == 1 and "none.sock" in r.stderr

@@ -17,10 +17,10 @@ import threading
 import time
 from collections.abc import Callable
 
-from vhostsuite import protocol as P
+from vhostsuite.core import protocol as P
 from vhostsuite.devices.gpu import wire as W
-from vhostsuite.frontend import DriverQueue, Frontend
-from vhostsuite.frontend_gpu import DisplayProcess, GpuDriver, hdr, open_gpu
+from vhostsuite.testing.frontend import DriverQueue, Frontend
+from vhostsuite.testing.frontend_gpu import DisplayProcess, GpuDriver, hdr, open_gpu
 
 SECONDS = 10.0
 BOUND = 0.100

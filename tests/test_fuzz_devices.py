@@ -10,12 +10,11 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from tests.conftest import Backend, program
 from vhostsuite.devices.gpu import wire as W
 from vhostsuite.devices.input import config as C
-from vhostsuite.frontend import Frontend
-from vhostsuite.frontend_gpu import GpuDisplay, hdr, open_gpu, resp_type
-
-from .conftest import Backend, program
+from vhostsuite.testing.frontend import Frontend
+from vhostsuite.testing.frontend_gpu import GpuDisplay, hdr, open_gpu, resp_type
 
 SETTINGS = settings(max_examples=200, deadline=None, suppress_health_check=list(HealthCheck))
 GPU_COMMANDS = [*range(0x0100, 0x010E), *range(0x0200, 0x020C), 0x0300, 0x0301, 0, 0xFFFF_FFFF]

@@ -1,5 +1,5 @@
 """vhost-user-gpu through the package's front-end: the real program, real sockets, QEMU's display side
-played by :class:`vhostsuite.frontend_gpu.GpuDisplay`."""
+played by :class:`vhostsuite.testing.frontend_gpu.GpuDisplay`."""
 
 from __future__ import annotations
 
@@ -15,14 +15,13 @@ import time
 
 import pytest
 
-from vhostsuite import protocol as P
+from tests.conftest import child_env, program
+from vhostsuite.core import protocol as P
+from vhostsuite.core.virtio import bit
 from vhostsuite.devices.gpu import edid as E
 from vhostsuite.devices.gpu import wire as W
-from vhostsuite.frontend import FrontendError
-from vhostsuite.frontend_gpu import Backing, GpuDisplay, GpuDriver, hdr, open_gpu, resp_type, wait_until
-from vhostsuite.virtio import bit
-
-from .conftest import child_env, program
+from vhostsuite.testing.frontend import FrontendError
+from vhostsuite.testing.frontend_gpu import Backing, GpuDisplay, GpuDriver, hdr, open_gpu, resp_type, wait_until
 
 OK = W.VIRTIO_GPU_RESP_OK_NODATA
 ERR_UNSPEC = W.VIRTIO_GPU_RESP_ERR_UNSPEC

@@ -15,9 +15,9 @@ import time
 
 import pytest
 
-from vhostsuite import protocol as P
+from vhostsuite.core import protocol as P
 from vhostsuite.devices.gpu import wire as W
-from vhostsuite.frontend_gpu import GpuDisplay, hdr, open_gpu
+from vhostsuite.testing.frontend_gpu import GpuDisplay, hdr, open_gpu
 
 FENCE = W.VIRTIO_GPU_FLAG_FENCE
 #: The display's mode, distinct from the back-end's 1280x800 default, so its answer is recognisable.

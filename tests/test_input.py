@@ -21,11 +21,10 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import child_env, program
 from vhostsuite.devices.input import config as C
 from vhostsuite.devices.input.sources import EvdevSource, SourceGone, VirtualSource, describe
-from vhostsuite.frontend import DriverQueue, FrontendError
-
-from .conftest import child_env, program
+from vhostsuite.testing.frontend import DriverQueue, FrontendError
 
 EV = struct.Struct("<HHi")
 SYN = (0, 0, 0)

@@ -47,7 +47,7 @@ def test_layout_and_capabilities(installed: Path, tmp_path: Path) -> None:
         caps = json.loads(r.stdout)
         assert caps["type"] == d and set(caps["features"]) <= set(allowed)
         assert str(ROOT) not in exe.read_text()
-    compiled = list((moved / "usr/lib/vhostsuite/python/vhostsuite").glob("_ring*.so"))
+    compiled = list((moved / "usr/lib/vhostsuite/python/vhostsuite/core").glob("_ring*.so"))
     if NO_EXTENSIONS:  # the switch is honoured at build time too
         assert not compiled, "VHOSTSUITE_NO_EXTENSIONS=1 was set, yet the compiled ring was built"
     else:
@@ -80,7 +80,8 @@ def test_installed_package_uses_the_compiled_ring() -> None:
     """`make build` installs the package into site-packages with its extensions compiled."""
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VHOSTSUITE_NO_EXTENSIONS")}
     code = (
-        "import vhostsuite, vhostsuite._ring as r, vhostsuite.ring as ring, vhostsuite.pixels as px;"
+        "import vhostsuite, vhostsuite.core._ring as r, vhostsuite.core.ring as ring;"
+        "import vhostsuite.devices.gpu.pixels as px;"
         "print(vhostsuite.__file__); print(r.__file__); print(ring.Virtqueue is r.Virtqueue, px.NO_EXTENSIONS)"
     )
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd="/", timeout=30)

@@ -8,10 +8,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from vhostsuite import _pixels_py, pixels
+from vhostsuite.devices.gpu import _pixels_py, pixels
 
 try:
-    from vhostsuite import _pixels as _pixels_c
+    from vhostsuite.devices.gpu import _pixels as _pixels_c
 except ImportError:  # pragma: no cover
     _pixels_c = None
 

@@ -7,9 +7,9 @@ import os
 
 import pytest
 
-from vhostsuite import protocol as P
-from vhostsuite.errors import GuestMemoryError
-from vhostsuite.memory import GuestMemory, Region
+from vhostsuite.core import protocol as P
+from vhostsuite.core.errors import GuestMemoryError
+from vhostsuite.core.memory import GuestMemory, Region
 
 
 def test_header_and_reply_flags():

@@ -8,22 +8,29 @@ import struct
 
 import pytest
 
-from tests.ringutil import IMPLS, GuestRing
-from vhostsuite import ring, virtio
-from vhostsuite.errors import RingError
-from vhostsuite.memory import GuestMemory, Region
-from vhostsuite.virtio import VRING_AVAIL_F_NO_INTERRUPT, VRING_DESC_F_INDIRECT, VRING_DESC_F_NEXT, VRING_DESC_F_WRITE
+from vhostsuite.core import ring, virtio
+from vhostsuite.core.errors import RingError
+from vhostsuite.core.memory import GuestMemory, Region
+from vhostsuite.core.virtio import (
+    VRING_AVAIL_F_NO_INTERRUPT,
+    VRING_DESC_F_INDIRECT,
+    VRING_DESC_F_NEXT,
+    VRING_DESC_F_WRITE,
+)
+from vhostsuite.testing.ringutil import IMPLS, GuestRing
 
 NEXT, WRITE, INDIRECT = VRING_DESC_F_NEXT, VRING_DESC_F_WRITE, VRING_DESC_F_INDIRECT
 
 _ring = None
 if not ring.NO_EXTENSIONS:
     try:
-        from vhostsuite import _ring
+        from vhostsuite.core import _ring
     except ImportError:  # pragma: no cover - not built
         pass
 
-needs_ext = pytest.mark.skipif(_ring is None, reason="vhostsuite._ring is not built or VHOSTSUITE_NO_EXTENSIONS is set")
+needs_ext = pytest.mark.skipif(
+    _ring is None, reason="vhostsuite.core._ring is not built or VHOSTSUITE_NO_EXTENSIONS is set"
+)
 
 
 @pytest.fixture(params=sorted(IMPLS), ids=sorted(IMPLS))
@@ -52,7 +59,7 @@ def pattern(n: int, seed: int = 0) -> bytes:
 
 @pytest.mark.skipif(ring.NO_EXTENSIONS, reason="VHOSTSUITE_NO_EXTENSIONS is set")
 def test_cython_loaded() -> None:
-    assert _ring is not None, "vhostsuite._ring is not built"
+    assert _ring is not None, "vhostsuite.core._ring is not built"
     assert ring.Virtqueue is _ring.Virtqueue
     assert ring.Chain is _ring.Chain
 

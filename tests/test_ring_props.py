@@ -16,14 +16,14 @@ import pytest
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
-from tests.ringutil import GuestRing
-from vhostsuite import ring
-from vhostsuite.errors import RingError
-from vhostsuite.virtio import VRING_DESC_F_INDIRECT, VRING_DESC_F_NEXT, VRING_DESC_F_WRITE
+from vhostsuite.core import ring
+from vhostsuite.core.errors import RingError
+from vhostsuite.core.virtio import VRING_DESC_F_INDIRECT, VRING_DESC_F_NEXT, VRING_DESC_F_WRITE
+from vhostsuite.testing.ringutil import GuestRing
 
 if ring.NO_EXTENSIONS:
     pytest.skip("VHOSTSUITE_NO_EXTENSIONS is set: nothing to compare", allow_module_level=True)
-_ring = pytest.importorskip("vhostsuite._ring", reason="vhostsuite._ring is not built")
+_ring = pytest.importorskip("vhostsuite.core._ring", reason="vhostsuite.core._ring is not built")
 
 NEXT, WRITE, INDIRECT = VRING_DESC_F_NEXT, VRING_DESC_F_WRITE, VRING_DESC_F_INDIRECT
 SETTINGS = settings(

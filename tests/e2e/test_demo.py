@@ -1,4 +1,4 @@
-"""`make demo` (python -m vhostsuite.demo): one guest, all three back-ends; the PNG shows the drawing."""
+"""`make demo` (python -m vhostsuite.testing.demo): one guest, all three back-ends; the PNG shows the drawing."""
 
 from __future__ import annotations
 
@@ -8,16 +8,15 @@ import sys
 
 import pytest
 
+from tests.conftest import ROOT, child_env
 from vhostsuite.testing.screen import differing_pixels, expected, load_rgb
-
-from ..conftest import ROOT, child_env
 
 pytestmark = pytest.mark.e2e
 
 
 def test_demo_produces_screenshot_and_report(qemu, guest, tmp_path):  # noqa: ANN001 - fixtures provision
     out = tmp_path / "demo"
-    r = subprocess.run([sys.executable, "-m", "vhostsuite.demo", "--out", str(out)], cwd=ROOT, env=child_env(),
+    r = subprocess.run([sys.executable, "-m", "vhostsuite.testing.demo", "--out", str(out)], cwd=ROOT, env=child_env(),
                        capture_output=True, text=True, timeout=900)  # fmt: skip
     assert r.returncode == 0, r.stdout + r.stderr
     report = json.loads((out / "report.json").read_text())

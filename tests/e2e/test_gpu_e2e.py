@@ -10,9 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import Backend, program
 from vhostsuite.testing.screen import differing_pixels, expected, load_rgb
-
-from ..conftest import Backend, program
 
 pytestmark = pytest.mark.e2e
 

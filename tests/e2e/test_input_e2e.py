@@ -19,10 +19,9 @@ import time
 
 import pytest
 
+from tests.conftest import Backend, program
+from tests.test_input import Control
 from vhostsuite.devices.input import config as C
-
-from ..conftest import Backend, program
-from ..test_input import Control
 
 pytestmark = pytest.mark.e2e
 

@@ -7,7 +7,7 @@ import socket
 
 import pytest
 
-from ..conftest import Backend, program
+from tests.conftest import Backend, program
 
 pytestmark = pytest.mark.e2e
 

@@ -10,12 +10,12 @@ import os
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
-from .. import cli
-from ..device import Device, QueueSpec
-from ..virtio import VIRTIO_ID_RNG
+from ..core.device import Device, QueueSpec
+from ..core.virtio import VIRTIO_ID_RNG
+from ..program import cli
 
 if TYPE_CHECKING:
-    from ..ring import Chain
+    from ..core.ring import Chain
 
 #: The most bytes handed out per request; a larger buffer is filled partly, as the driver allows.
 MAX_REQUEST = 64 * 1024

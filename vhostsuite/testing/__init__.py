@@ -1,1 +1,3 @@
-"""Test helpers for vhostsuite (guest kit for end-to-end tests under QEMU)."""
+"""Test tooling, never imported by the programs: the front-end (QEMU's side of vhost-user), the
+GPU display peer and guest driver, the spawner of back-end programs, the driver-side ring over
+test memory, the guest kit that boots Linux under QEMU, and the demo."""

@@ -1,6 +1,6 @@
 """vhost-user-gpu: a 2D virtio-gpu (device id 16) whose display reaches QEMU over the
 vhost-user-gpu protocol. Resources and format conversion in Python/cairo, guest-page copies
-in Cython (:mod:`vhostsuite.pixels`).
+in Cython (:mod:`vhostsuite.devices.gpu.pixels`).
 
 This module stays light: ``--print-capabilities`` must not import cairo. The device itself
 (:mod:`.device`) is imported only when serving.
@@ -13,7 +13,7 @@ import os
 import re
 from collections.abc import Sequence
 
-from ... import cli
+from ...program import cli
 
 DEFAULT_MAX_HOSTMEM = 256 << 20
 DEFAULT_DISPLAY_TIMEOUT = 5.0

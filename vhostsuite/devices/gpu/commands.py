@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, NamedTuple
 from . import wire as W
 
 if TYPE_CHECKING:
-    from ...ring import Chain
+    from ...core.ring import Chain
 
 
 class Header(NamedTuple):

@@ -7,8 +7,8 @@ from typing import TYPE_CHECKING
 
 import cairo
 
-from ... import pixels
 from . import commands as K
+from . import pixels
 from . import wire as W
 from .resources import Resource, Resources
 

@@ -16,9 +16,9 @@ import logging
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from ...device import PENDING, Device, QueueSpec, Response
-from ...protocol import Request
-from ...virtio import VIRTIO_ID_GPU, bit
+from ...core.device import PENDING, Device, QueueSpec, Response
+from ...core.protocol import Request
+from ...core.virtio import VIRTIO_ID_GPU, bit
 from . import DEFAULT_DISPLAY_TIMEOUT, DEFAULT_MAX_HOSTMEM, edid
 from . import commands as K
 from . import wire as W
@@ -28,7 +28,7 @@ from .resources import Resource, Resources
 from .scanouts import Scanouts
 
 if TYPE_CHECKING:
-    from ...ring import Chain
+    from ...core.ring import Chain
 
 log = logging.getLogger("vhostsuite.gpu")
 

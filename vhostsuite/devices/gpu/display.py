@@ -26,7 +26,7 @@ import time
 from collections import deque
 from collections.abc import Callable
 
-from ...loop import Loop
+from ...core.loop import Loop
 from . import wire as W
 
 log = logging.getLogger("vhostsuite.gpu.display")

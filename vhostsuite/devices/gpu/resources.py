@@ -2,7 +2,7 @@
 
 Resources keep their pixels in the guest's format (raw bytes, stride ``width*4``), as QEMU
 does. Every resource is charged against ``--max-hostmem``: its pixels and its backing entries.
-Guest pages are copied by :mod:`vhostsuite.pixels` (Cython). Every command is checked before
+Guest pages are copied by :mod:`vhostsuite.devices.gpu.pixels` (Cython). Every command is checked before
 it touches anything: ids, formats, rectangles (Python integers, so no overflow), backing
 entries and addresses.
 """
@@ -13,13 +13,13 @@ import logging
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from ... import pixels
-from ...errors import GuestMemoryError
+from ...core.errors import GuestMemoryError
 from . import commands as K
+from . import pixels
 from . import wire as W
 
 if TYPE_CHECKING:
-    from ...memory import GuestMemory
+    from ...core.memory import GuestMemory
 
 log = logging.getLogger("vhostsuite.gpu")
 

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from ... import pixels
 from . import commands as K
+from . import pixels
 from . import wire as W
 from .resources import Resource, Resources
 

@@ -84,7 +84,7 @@ VIRTIO_GPU_FORMAT_R8G8B8X8_UNORM = 134
 #: are not supported.
 #: NONE: B G R A as is; BSWAP: A R G B reversed; SWAP02: R G B A with bytes 0 and 2 swapped;
 #: ROTATE: A B G R as bytes 1,2,3,0. The numbers live with the pixel copies that apply them.
-from ..._pixels_py import SWIZZLE_BSWAP, SWIZZLE_NONE, SWIZZLE_ROTATE, SWIZZLE_SWAP02  # noqa: E402
+from ._pixels_py import SWIZZLE_BSWAP, SWIZZLE_NONE, SWIZZLE_ROTATE, SWIZZLE_SWAP02  # noqa: E402
 
 #: virtio format -> (swizzle to B,G,R,A bytes, has alpha)
 FORMATS: dict[int, tuple[int, bool]] = {

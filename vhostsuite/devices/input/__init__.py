@@ -19,7 +19,7 @@ from __future__ import annotations
 import argparse
 from collections.abc import Sequence
 
-from ... import cli
+from ...program import cli
 
 __all__ = ["main", "capabilities"]
 

@@ -53,14 +53,14 @@ import struct
 from collections import deque
 from typing import TYPE_CHECKING, Any
 
-from ...device import PENDING, Device, QueueSpec, Response
-from ...errors import RingError
-from ...virtio import VIRTIO_ID_INPUT
+from ...core.device import PENDING, Device, QueueSpec, Response
+from ...core.errors import RingError
+from ...core.virtio import VIRTIO_ID_INPUT
 from . import config as C
 from .sources import Event, EventSource
 
 if TYPE_CHECKING:
-    from ...ring import Chain
+    from ...core.ring import Chain
 
 log = logging.getLogger("vhostsuite.input")
 

@@ -42,12 +42,12 @@ import stat
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Protocol
 
-from ...errors import StartupError
-from ...unix import listen
+from ...core.errors import StartupError
+from ...program.unix import listen
 from . import config as C
 
 if TYPE_CHECKING:
-    from ...loop import Loop
+    from ...core.loop import Loop
 
 log = logging.getLogger("vhostsuite.input")
 

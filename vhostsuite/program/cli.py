@@ -14,8 +14,8 @@ import logging
 import sys
 from collections.abc import Callable, Sequence
 
-from . import __version__
-from .errors import EXIT_FAILURE, EXIT_OK, EXIT_USAGE, StartupError
+from .. import __version__
+from ..core.errors import EXIT_FAILURE, EXIT_OK, EXIT_USAGE, StartupError
 
 __all__ = ["EXIT_FAILURE", "EXIT_OK", "EXIT_USAGE", "StartupError", "make_parser", "run"]
 

@@ -9,10 +9,10 @@ import signal
 import socket
 from collections.abc import Callable
 
-from .connection import Connection, Disconnected, FatalProtocolError
-from .device import Device
-from .errors import EXIT_FAILURE, EXIT_OK, StartupError
-from .loop import Loop, Terminate, install_signal_handlers
+from ..core.connection import Connection, Disconnected, FatalProtocolError
+from ..core.device import Device
+from ..core.errors import EXIT_FAILURE, EXIT_OK, StartupError
+from ..core.loop import Loop, Terminate, install_signal_handlers
 from .unix import listen, socket_from_fd
 
 log = logging.getLogger("vhostsuite")

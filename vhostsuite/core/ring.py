@@ -1,7 +1,7 @@
 """The ring implementation in use: the compiled ``_ring`` unless it is missing or
 ``VHOSTSUITE_NO_EXTENSIONS`` is set, then the pure-Python reference."""
 
-from . import NO_EXTENSIONS
+from .. import NO_EXTENSIONS
 from ._ring_py import Chain as ChainPy
 from ._ring_py import Virtqueue as VirtqueuePy
 from ._ring_py import ring_sizes, vring_need_event

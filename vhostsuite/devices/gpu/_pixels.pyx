@@ -2,7 +2,7 @@
 """Pixel copies in Cython: same API and errors as ``_pixels_py`` (the pure-Python reference).
 
 The checks are done on Python integers (no overflow) before any pointer is touched; the
-copies then run under the GIL rule of ``_consts.pxi``.
+copies then run under the GIL rule of ``vhostsuite/core/_ring.pxd``.
 """
 
 from cpython.buffer cimport PyBUF_SIMPLE, PyBUF_WRITABLE, PyBuffer_Release, PyObject_GetBuffer
@@ -10,7 +10,7 @@ from libc.stdint cimport uint8_t, uint32_t
 from libc.stdlib cimport free, malloc
 from libc.string cimport memcpy
 
-include "_consts.pxi"
+from vhostsuite.core._ring cimport NOGIL_COPY
 
 # The swizzle numbers and the argument checks are the reference's own: one place for both.
 from ._pixels_py import SWIZZLE_BSWAP, SWIZZLE_NONE, SWIZZLE_ROTATE, SWIZZLE_SWAP02, check_rect  # noqa: F401

@@ -10,11 +10,11 @@ from __future__ import annotations
 import struct
 from dataclasses import dataclass, field
 
-from vhostsuite import ring
-from vhostsuite.memory import GuestMemory, Region
-from vhostsuite.virtio import VRING_DESC as DESC
-from vhostsuite.virtio import VRING_DESC_F_INDIRECT, VRING_DESC_F_NEXT, VRING_DESC_F_WRITE
-from vhostsuite.virtio import VRING_USED_ELEM as USED_ELEM
+from ..core import ring
+from ..core.memory import GuestMemory, Region
+from ..core.virtio import VRING_DESC as DESC
+from ..core.virtio import VRING_DESC_F_INDIRECT, VRING_DESC_F_NEXT, VRING_DESC_F_WRITE
+from ..core.virtio import VRING_USED_ELEM as USED_ELEM
 
 U16 = struct.Struct("<H")
 
@@ -24,7 +24,7 @@ IMPLS: dict[str, type] = {"py": ring.VirtqueuePy}
 VirtqueueC = None
 if not ring.NO_EXTENSIONS:
     try:
-        from vhostsuite._ring import Virtqueue as VirtqueueC
+        from ..core._ring import Virtqueue as VirtqueueC
     except ImportError:  # pragma: no cover - not built
         pass
     else:

@@ -1,5 +1,5 @@
 # cython: language_level=3, cdivision=True, embedsignature=True
-"""Split virtqueues in Cython: the compiled twin of ``vhostsuite/_ring_py.py``.
+"""Split virtqueues in Cython: the compiled twin of ``vhostsuite/core/_ring_py.py``.
 
 Same public API, same behaviour, same RingError messages; ``tests/test_ring_props.py`` drives
 both over random and hostile rings. Design:
@@ -97,8 +97,6 @@ cdef extern from *:
     void vs_st_used_elem(char *p, uint32_t id, uint32_t len) noexcept nogil
     void vs_ld_desc(const char *p, vs_desc *d) noexcept nogil
 
-
-include "_consts.pxi"
 
 cdef enum:
     _VIRTQUEUE_MAX_SIZE = 32768     # virtio spec 2.7 (no UAPI header defines it)

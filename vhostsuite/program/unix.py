@@ -7,7 +7,7 @@ import os
 import socket
 import stat
 
-from .errors import StartupError
+from ..core.errors import StartupError
 
 
 def socket_from_fd(fd: int) -> socket.socket:

@@ -1,7 +1,8 @@
 """The pixel-copy implementation in use: the compiled ``_pixels`` unless it is missing or
 ``VHOSTSUITE_NO_EXTENSIONS`` is set, then the pure-Python reference ``_pixels_py``."""
 
-from . import NO_EXTENSIONS, _pixels_py
+from ... import NO_EXTENSIONS
+from . import _pixels_py
 
 impl = _pixels_py
 if not NO_EXTENSIONS:

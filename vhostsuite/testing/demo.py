@@ -2,7 +2,7 @@
 vhost-user-rng at once. The guest reads random bytes, draws with KMS, and reads the keys we
 type on the virtual keyboard's control socket; we keep a PNG of its screen and a report.
 
-    python -m vhostsuite.demo --out out/demo
+    python -m vhostsuite.testing.demo --out out/demo
 """
 
 from __future__ import annotations
@@ -19,8 +19,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from .testing.guest import VM, Unavailable, provision_guest, provision_qemu
-from .testing.screen import differing_pixels, expected, load_rgb
+from .guest import VM, Unavailable, provision_guest, provision_qemu
+from .screen import differing_pixels, expected, load_rgb
 
 ROOT = Path(__file__).resolve().parent.parent
 TEXT = "vhostsuite"
@@ -178,7 +178,7 @@ def run(out: Path) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="vhostsuite.demo", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="vhostsuite.testing.demo", description=__doc__.split("\n\n")[0])
     p.add_argument("--out", default="out/demo", type=Path, help="where the screenshot and report go")
     args = p.parse_args(argv)
     try:

@@ -1,10 +1,20 @@
-# Declarations of the compiled split-virtqueue core (vhostsuite/_ring.pyx).
+# Declarations of the compiled split-virtqueue core (vhostsuite/core/_ring.pyx), and the rules
+# every compiled module of vhostsuite follows.
 #
-# Other Cython modules may ``cimport vhostsuite._ring`` to reach the C-level types; Python code
-# uses the public API (Chain, Virtqueue, ring_sizes, vring_need_event), which matches
-# vhostsuite/_ring_py.py exactly.
+# Other Cython modules ``cimport`` from here (vhostsuite/devices/gpu/_pixels.pyx takes the GIL
+# rule); Python code uses the public API (Chain, Virtqueue, ring_sizes, vring_need_event),
+# whose results and RingError messages match vhostsuite/core/_ring_py.py exactly.
 
 from libc.stdint cimport uint16_t, uint32_t, uint64_t
+
+
+# The GIL rule: a copy of guest memory (gather, scatter, a pixel rectangle) runs without the
+# GIL when it moves at least NOGIL_COPY bytes, and keeps it below that, where releasing and
+# taking it back costs more than the copy. Code without the GIL touches only C memory whose
+# buffers are held (a Py_buffer or a holder object) for the whole copy; every check of a
+# guest-controlled value is done before, with the GIL.
+cdef enum:
+    NOGIL_COPY = 256 * 1024
 
 
 cdef extern from "linux/virtio_ring.h":

@@ -30,8 +30,8 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from . import protocol as P
-from .devices.gpu import wire as W
+from ..core import protocol as P
+from ..devices.gpu import wire as W
 from .frontend import DriverQueue, Frontend, FrontendError
 
 PAGE = 4096
@@ -425,7 +425,7 @@ class DisplayProcess:
         ours, self.peer = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "vhostsuite.frontend_gpu", f"--display-fd={ours.fileno()}"],
+            [sys.executable, "-m", "vhostsuite.testing.frontend_gpu", f"--display-fd={ours.fileno()}"],
             pass_fds=(ours.fileno(),),
             env=env,
         )
@@ -453,10 +453,10 @@ class DisplayProcess:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m vhostsuite.frontend_gpu --display-fd=N``: serve a display on fd N until it closes."""
+    """``python -m vhostsuite.testing.frontend_gpu --display-fd=N``: serve a display on fd N until it closes."""
     import argparse
 
-    parser = argparse.ArgumentParser(prog="python -m vhostsuite.frontend_gpu")
+    parser = argparse.ArgumentParser(prog="python -m vhostsuite.testing.frontend_gpu")
     parser.add_argument("--display-fd", type=int, required=True, help="our end of the display socketpair")
     args = parser.parse_args(argv)
     display = GpuDisplay(keep_images=False, sock=socket.socket(fileno=args.display_fd))

@@ -22,9 +22,9 @@ import sys
 import time
 from dataclasses import dataclass
 
-from . import protocol as P
-from ._ring_py import ring_sizes
-from .virtio import (
+from ..core import protocol as P
+from ..core._ring_py import ring_sizes
+from ..core.virtio import (
     VIRTIO_CONFIG_S_ACKNOWLEDGE,
     VIRTIO_CONFIG_S_DRIVER,
     VIRTIO_CONFIG_S_DRIVER_OK,
@@ -551,11 +551,11 @@ def probe(fe: Frontend, config_size: int = 0) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m vhostsuite.frontend PATH``: print what the back-end listening on PATH offers."""
+    """``python -m vhostsuite.testing.frontend PATH``: print what the back-end listening on PATH offers."""
     import argparse
     import json
 
-    p = argparse.ArgumentParser(prog="python -m vhostsuite.frontend", description=main.__doc__)
+    p = argparse.ArgumentParser(prog="python -m vhostsuite.testing.frontend", description=main.__doc__)
     p.add_argument("path", help="the back-end's --socket-path")
     p.add_argument("--config-size", type=int, default=0, metavar="N", help="also read N bytes of config space")
     p.add_argument("--timeout", type=float, default=5.0, metavar="S", help="wait this long for the socket (default 5)")
