@@ -14,13 +14,14 @@ with atheris.instrument_imports():
     from vhostsuite.core import _ring, _ring_py
     from vhostsuite.core.errors import RingError
     from vhostsuite.core.memory import GuestMemory, Region
+    from vhostsuite.core.virtio import ring_sizes
 
 MEM = 1 << 16
 
 
 def run(impl, memory: bytearray, num: int, event_idx: bool, base: int) -> tuple:
     mem = GuestMemory([Region.from_buffer(0x1000, 0x7000_0000, memory)])
-    dsize, asize, usize = _ring_py.ring_sizes(num)
+    dsize, asize, usize = ring_sizes(num)
     view = mem.gpa_view
     out: list = []
     try:

@@ -89,10 +89,13 @@ def test_header_constants_match_virtio_py() -> None:
     assert _ring.VIRTQUEUE_MAX_SIZE == virtio.VIRTQUEUE_MAX_SIZE
 
 
-@needs_ext
-@pytest.mark.parametrize("num", [0, 1, 2, 3, 8, 256, 32768, 32769, -4, 1 << 70])
-def test_ring_sizes_agree(num: int) -> None:
-    assert _ring.ring_sizes(num) == ring.ring_sizes(num)
+@pytest.mark.parametrize("num", [1, 2, 8, 256, 32768])
+def test_ring_sizes_are_the_spec_layout(num: int) -> None:
+    """virtio 1.x 2.7: 16-byte descriptors; flags, idx, ring[num], used_event; flags, idx,
+    8-byte used elements, avail_event. The one layout both twins and the driver side use."""
+    assert ring.ring_sizes(num) == (16 * num, 2 + 2 + 2 * num + 2, 2 + 2 + 8 * num + 2)
+    assert virtio.used_event_word(num) * 2 == 4 + 2 * num
+    assert virtio.avail_event_word(num) * 2 == 4 + 8 * num
 
 
 @needs_ext
@@ -559,7 +562,7 @@ def test_event_idx_wraps(impl: type) -> None:
 def test_request_kick_with_buffers_still_available(impl: type) -> None:
     """A device pausing with buffers left asks for a kick at the driver's next addition."""
     g = GuestRing(8)
-    g.write_u16(g.used_gpa + 4 + 8 * 8, 0x5555)
+    g.write_u16(g.used_gpa + 2 * virtio.avail_event_word(8), 0x5555)
     vq = g.queue(impl, event_idx=True)
     g.add_chain([b"a"])
     g.add_chain([b"b"])
@@ -567,14 +570,14 @@ def test_request_kick_with_buffers_still_available(impl: type) -> None:
     vq.request_kick()
     assert g.avail_event() == 2  # the driver's current index: its next addition crosses it
     plain = GuestRing(8)
-    plain.write_u16(plain.used_gpa + 4 + 8 * 8, 0x5555)
+    plain.write_u16(plain.used_gpa + 2 * virtio.avail_event_word(8), 0x5555)
     plain.queue(impl, event_idx=False).request_kick()  # without EVENT_IDX the driver always kicks
     assert plain.avail_event() == 0x5555
 
 
 def test_avail_event_written_when_empty(impl: type) -> None:
     g = GuestRing(8)
-    g.write_u16(g.used_gpa + 4 + 8 * 8, 0x5555)
+    g.write_u16(g.used_gpa + 2 * virtio.avail_event_word(8), 0x5555)
     vq = g.queue(impl, event_idx=True, last_avail_idx=300)
     g.set_avail_idx(300)
     assert vq.pop() is None
@@ -589,7 +592,7 @@ def test_avail_event_written_when_empty(impl: type) -> None:
 
 def test_avail_event_untouched_without_event_idx(impl: type) -> None:
     g = GuestRing(8)
-    g.write_u16(g.used_gpa + 4 + 8 * 8, 0x5555)
+    g.write_u16(g.used_gpa + 2 * virtio.avail_event_word(8), 0x5555)
     vq = g.queue(impl)
     assert vq.pop() is None
     assert g.avail_event() == 0x5555

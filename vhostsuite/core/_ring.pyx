@@ -32,6 +32,7 @@ from libc.string cimport memcpy
 import struct
 
 from .errors import RingError
+from .virtio import ring_sizes  # noqa: F401 - also part of this module's API
 
 cdef extern from *:
     """
@@ -136,12 +137,6 @@ VIRTQUEUE_MAX_SIZE = _VIRTQUEUE_MAX_SIZE
 cdef object _U64_LIMIT = 1 << 64
 cdef object _MASK16 = 0xFFFF
 cdef object _MASK32 = 0xFFFFFFFF
-
-
-def ring_sizes(num):
-    """Bytes of the descriptor table, avail ring and used ring of a queue of *num* entries
-    (the avail/used sizes include the trailing used_event/avail_event word)."""
-    return 16 * num, 4 + 2 * num + 2, 4 + 8 * num + 2
 
 
 cdef inline uint16_t _u16(object x) except? 0:

@@ -12,6 +12,11 @@ import sys
 from .errors import GuestMemoryError, RingError
 from .memory import GuestMemory
 from .virtio import (
+    AVAIL_FLAGS,
+    AVAIL_IDX,
+    AVAIL_RING,
+    USED_IDX,
+    USED_RING_OFFSET,
     VIRTQUEUE_MAX_SIZE,
     VRING_AVAIL_F_NO_INTERRUPT,
     VRING_DESC,
@@ -21,18 +26,15 @@ from .virtio import (
     VRING_DESC_SIZE,
     VRING_USED_ELEM,
     VRING_USED_ELEM_SIZE,
+    avail_event_word,
+    ring_sizes,
+    used_event_word,
 )
 
 if sys.byteorder != "little":  # pragma: no cover
     raise ImportError("vhostsuite supports little-endian hosts only (virtio 1.x rings are little-endian)")
 
 _U32_MAX = 0xFFFFFFFF
-
-
-def ring_sizes(num: int) -> tuple[int, int, int]:
-    """Bytes of the descriptor table, avail ring and used ring of a queue of *num* entries
-    (the avail/used sizes include the trailing used_event/avail_event word)."""
-    return VRING_DESC_SIZE * num, 4 + 2 * num + 2, 4 + VRING_USED_ELEM_SIZE * num + 2
 
 
 def vring_need_event(event_idx: int, new: int, old: int) -> bool:
@@ -154,13 +156,13 @@ class Virtqueue:
         self.event_idx = event_idx
         self.last_avail_idx = last_avail_idx & 0xFFFF
         #: Re-read from guest memory: it is what the driver saw last (e.g. across a reboot).
-        self.used_idx = self._used16[1]
+        self.used_idx = self._used16[USED_IDX]
         self._signalled_used = self.used_idx
         self._signalled_valid = False
 
     # -- avail side ---------------------------------------------------------
     def avail_idx(self) -> int:
-        return self._avail16[1]
+        return self._avail16[AVAIL_IDX]
 
     def pending(self) -> int:
         """Chains the driver has made available that we have not popped."""
@@ -176,12 +178,12 @@ class Virtqueue:
         if self.pending() == 0:
             if self.event_idx:
                 # Ask for a kick at the next buffer, then look again to close the race.
-                self._used16[2 + 4 * self.num] = self.last_avail_idx  # avail_event
+                self._used16[avail_event_word(self.num)] = self.last_avail_idx
                 if self.pending() == 0:
                     return None
             else:
                 return None
-        head = self._avail16[2 + self.last_avail_idx % self.num]
+        head = self._avail16[AVAIL_RING + self.last_avail_idx % self.num]
         if head >= self.num:
             raise RingError(f"avail ring entry {head} is outside the queue (size {self.num})")
         chain = self._walk(head)
@@ -250,9 +252,9 @@ class Virtqueue:
 
     def push_head(self, head: int, length: int) -> None:
         slot = self.used_idx % self.num
-        VRING_USED_ELEM.pack_into(self._used, 4 + VRING_USED_ELEM_SIZE * slot, head, length & _U32_MAX)
+        VRING_USED_ELEM.pack_into(self._used, USED_RING_OFFSET + VRING_USED_ELEM_SIZE * slot, head, length & _U32_MAX)
         self.used_idx = (self.used_idx + 1) & 0xFFFF
-        self._used16[1] = self.used_idx
+        self._used16[USED_IDX] = self.used_idx
 
     def request_kick(self) -> None:
         """Ask for a kick when the driver next makes buffers available, even if some already are.
@@ -264,9 +266,9 @@ class Virtqueue:
         if not self.event_idx:
             return
         for _ in range(8):  # bounded: a guest that keeps moving its index must not spin us
-            idx = self._avail16[1]
-            self._used16[2 + 4 * self.num] = idx  # avail_event
-            if self._avail16[1] == idx:
+            idx = self._avail16[AVAIL_IDX]
+            self._used16[avail_event_word(self.num)] = idx
+            if self._avail16[AVAIL_IDX] == idx:
                 return
 
     def need_notify(self) -> bool:
@@ -279,6 +281,6 @@ class Virtqueue:
         if new == old:
             return False
         if self.event_idx:
-            used_event = self._avail16[2 + self.num]
+            used_event = self._avail16[used_event_word(self.num)]
             return not valid or vring_need_event(used_event, new, old)
-        return not (self._avail16[0] & VRING_AVAIL_F_NO_INTERRUPT)
+        return not (self._avail16[AVAIL_FLAGS] & VRING_AVAIL_F_NO_INTERRUPT)

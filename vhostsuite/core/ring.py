@@ -4,7 +4,8 @@
 from .. import NO_EXTENSIONS
 from ._ring_py import Chain as ChainPy
 from ._ring_py import Virtqueue as VirtqueuePy
-from ._ring_py import ring_sizes, vring_need_event
+from ._ring_py import vring_need_event
+from .virtio import ring_sizes
 
 Chain = ChainPy
 Virtqueue = VirtqueuePy

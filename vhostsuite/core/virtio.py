@@ -1,7 +1,8 @@
 """Virtio constants, named as in the Linux UAPI headers they come from.
 
-This is the one place Python code takes them from; ``_ring.pyx`` reads the same
-values straight from ``<linux/virtio_ring.h>`` and a unit test checks both agree.
+This is the one place Python code takes them from, the split-ring layout included; ``_ring.pyx``
+reads the constants and struct sizes straight from ``<linux/virtio_ring.h>`` and a unit test
+checks both agree.
 """
 
 import struct
@@ -45,6 +46,36 @@ VRING_USED_ELEM_SIZE = VRING_USED_ELEM.size
 
 #: The largest split virtqueue the virtio spec allows.
 VIRTQUEUE_MAX_SIZE = 32768
+
+# The split virtqueue layout (virtio 1.x, 2.7; struct vring_avail and struct vring_used): the
+# words both sides touch, as u16 word indices into each area (one load or store each).
+AVAIL_FLAGS = 0  #: VRING_AVAIL_F_NO_INTERRUPT
+AVAIL_IDX = 1  #: the driver's free-running index
+AVAIL_RING = 2  #: ring[0]; ring[num] is used_event
+USED_FLAGS = 0  #: VRING_USED_F_NO_NOTIFY
+USED_IDX = 1  #: the device's free-running index
+#: Byte offset of used ring[0] (struct vring_used_elem); avail_event follows ring[num - 1].
+USED_RING_OFFSET = 4
+
+
+def used_event_word(num: int) -> int:
+    """The u16 word of the avail area that holds used_event (EVENT_IDX)."""
+    return AVAIL_RING + num
+
+
+def avail_event_word(num: int) -> int:
+    """The u16 word of the used area that holds avail_event (EVENT_IDX)."""
+    return (USED_RING_OFFSET + VRING_USED_ELEM_SIZE * num) // 2
+
+
+def ring_sizes(num: int) -> tuple[int, int, int]:
+    """Bytes of the descriptor table, avail ring and used ring of a queue of *num* entries
+    (the avail/used sizes include the trailing used_event/avail_event word)."""
+    return (
+        VRING_DESC_SIZE * num,
+        2 * (used_event_word(num) + 1),
+        2 * (avail_event_word(num) + 1),
+    )
 
 
 def bit(n: int) -> int:

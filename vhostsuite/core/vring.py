@@ -24,7 +24,8 @@ from .device import PENDING, QueueSpec, Response
 from .errors import GuestMemoryError, RingError
 from .loop import Loop, drain_eventfd, signal_eventfd
 from .memory import close_fds
-from .ring import Chain, Virtqueue, ring_sizes
+from .ring import Chain, Virtqueue
+from .virtio import ring_sizes
 
 if TYPE_CHECKING:
     from .device import Device

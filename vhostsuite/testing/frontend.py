@@ -23,7 +23,6 @@ import time
 from dataclasses import dataclass
 
 from ..core import protocol as P
-from ..core._ring_py import ring_sizes
 from ..core.virtio import (
     VIRTIO_CONFIG_S_ACKNOWLEDGE,
     VIRTIO_CONFIG_S_DRIVER,
@@ -34,9 +33,10 @@ from ..core.virtio import (
     VRING_DESC_F_INDIRECT,
     VRING_DESC_F_NEXT,
     VRING_DESC_F_WRITE,
-    VRING_USED_ELEM,
     bit,
+    ring_sizes,
 )
+from .ringutil import DriverRing
 
 #: Where our fake front-end "virtual addresses" start (QEMU's are its own mmap addresses).
 UVA_BASE = 0x7F00_0000_0000
@@ -125,57 +125,28 @@ class Used:
     data: bytes
 
 
-class DriverQueue:
-    """The driver side of a split virtqueue in :class:`GuestRam`."""
+class DriverQueue(DriverRing):
+    """A split virtqueue in :class:`GuestRam`, with the eventfds a front-end hands the back-end."""
 
     def __init__(self, ram: GuestRam, index: int, num: int, event_idx: bool = False) -> None:
         self.ram = ram
         self.index = index
-        self.num = num
         self.event_idx = event_idx
         dsize, asize, usize = ring_sizes(num)
         self.desc_gpa = ram.alloc(dsize, 16)
         self.avail_gpa = ram.alloc(asize, 2)
         self.used_gpa = ram.alloc(usize, 4)
-        for gpa, size in ((self.desc_gpa, dsize), (self.avail_gpa, asize), (self.used_gpa, usize)):
+        areas = ((self.desc_gpa, dsize), (self.avail_gpa, asize), (self.used_gpa, usize))
+        for gpa, size in areas:
             ram.write(gpa, bytes(size))
-        self.desc = ram.view_of(self.desc_gpa, dsize)
-        self.avail = ram.view_of(self.avail_gpa, asize)
-        self.used = ram.view_of(self.used_gpa, usize)
-        # Words the device reads or writes concurrently: one u16 load or store each (see _ring_py).
-        self._avail16 = self.avail.cast("H")
-        self._used16 = self.used.cast("H")
+        super().__init__(num, *(ram.view_of(gpa, size) for gpa, size in areas))
         self.kick_fd = os.eventfd(0, os.EFD_CLOEXEC | os.EFD_NONBLOCK)
         self.call_fd = os.eventfd(0, os.EFD_CLOEXEC | os.EFD_NONBLOCK)
         self.err_fd = os.eventfd(0, os.EFD_CLOEXEC | os.EFD_NONBLOCK)
         self.free_desc = list(range(num - 1, -1, -1))
-        self.avail_idx = 0
         self.last_used = 0
         #: head -> (descriptor indices, buffers [(gpa, size, writable)], indirect table)
         self.inflight: dict[int, tuple[list[int], list[tuple[int, int, bool]], tuple[int, int] | None]] = {}
-
-    # -- raw access for hostile tests ------------------------------------------------
-    def write_desc(self, i: int, addr: int, length: int, flags: int, nxt: int) -> None:
-        VRING_DESC.pack_into(self.desc, 16 * i, addr, length, flags, nxt)
-
-    def publish(self, head: int) -> None:
-        """Put *head* in the avail ring and advance the avail index."""
-        self._avail16[2 + self.avail_idx % self.num] = head
-        self.avail_idx = (self.avail_idx + 1) & 0xFFFF
-        self._avail16[1] = self.avail_idx
-
-    def set_avail_idx(self, idx: int) -> None:
-        self.avail_idx = idx & 0xFFFF
-        self._avail16[1] = self.avail_idx
-
-    def set_used_event(self, idx: int) -> None:
-        self._avail16[2 + self.num] = idx & 0xFFFF
-
-    def set_avail_flags(self, flags: int) -> None:
-        self._avail16[0] = flags
-
-    def used_idx(self) -> int:
-        return self._used16[1]
 
     # -- driver operations ---------------------------------------------------------
     def add(self, out: list[bytes], in_sizes: list[int], indirect: bool = False) -> int:
@@ -199,7 +170,7 @@ class DriverQueue:
                 flags = (VRING_DESC_F_WRITE if w else 0) | (VRING_DESC_F_NEXT if i + 1 < len(bufs) else 0)
                 VRING_DESC.pack_into(self.ram.view_of(table, 16 * len(bufs)), 16 * i, gpa, size, flags, i + 1)
             head = self.free_desc.pop()
-            self.write_desc(head, table, 16 * len(bufs), VRING_DESC_F_INDIRECT, 0)
+            self.write_desc(head, table, 16 * len(bufs), VRING_DESC_F_INDIRECT)
             self.inflight[head] = ([head], bufs, (table, 16 * len(bufs)))
         else:
             if len(self.free_desc) < len(bufs):
@@ -221,8 +192,7 @@ class DriverQueue:
         """Used elements the device returned since the last call (frees their buffers)."""
         out = []
         while self.last_used != self.used_idx():
-            slot = self.last_used % self.num
-            head, length = VRING_USED_ELEM.unpack_from(self.used, 4 + 8 * slot)
+            head, length = self.used_elem(self.last_used % self.num)
             self.last_used = (self.last_used + 1) & 0xFFFF
             if self.event_idx:
                 self.set_used_event(self.last_used)
@@ -269,7 +239,8 @@ class DriverQueue:
         return out
 
     def close(self) -> None:
-        for v in (self._avail16, self._used16, self.desc, self.avail, self.used):
+        self.release()
+        for v in (self.desc, self.avail, self.used):
             v.release()
         for fd in (self.kick_fd, self.call_fd, self.err_fd):
             try:

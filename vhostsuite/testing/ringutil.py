@@ -1,8 +1,12 @@
-"""The driver side of a split virtqueue over test guest memory, for ring tests and benchmarks.
+"""The driver side of a split virtqueue, the one implementation for tests, benchmarks, fuzzers
+and the front-end.
 
-``GuestRing`` lays out one queue (descriptor table, avail ring, used ring) at the start of a
-bytearray-backed GuestMemory, hands out buffer space with a bump allocator, and writes
-descriptors and avail entries the way a virtio driver does. Everything is little-endian.
+``DriverRing`` writes descriptors and avail entries and reads the used ring over the three areas
+of a queue, as a virtio driver does, with the layout of :mod:`vhostsuite.core.virtio`; the
+index and flag words are single u16 loads and stores. ``GuestRing`` puts one queue at the start
+of a bytearray-backed GuestMemory with a bump allocator, for ring tests and benchmarks;
+``vhostsuite.testing.frontend.DriverQueue`` puts one in memfd guest RAM shared with a back-end.
+Everything is little-endian.
 """
 
 from __future__ import annotations
@@ -12,8 +16,23 @@ from dataclasses import dataclass, field
 
 from ..core import ring
 from ..core.memory import GuestMemory, Region
+from ..core.virtio import (
+    AVAIL_FLAGS,
+    AVAIL_IDX,
+    AVAIL_RING,
+    USED_FLAGS,
+    USED_IDX,
+    USED_RING_OFFSET,
+    VRING_DESC_F_INDIRECT,
+    VRING_DESC_F_NEXT,
+    VRING_DESC_F_WRITE,
+    VRING_DESC_SIZE,
+    VRING_USED_ELEM_SIZE,
+    avail_event_word,
+    ring_sizes,
+    used_event_word,
+)
 from ..core.virtio import VRING_DESC as DESC
-from ..core.virtio import VRING_DESC_F_INDIRECT, VRING_DESC_F_NEXT, VRING_DESC_F_WRITE
 from ..core.virtio import VRING_USED_ELEM as USED_ELEM
 
 U16 = struct.Struct("<H")
@@ -33,6 +52,69 @@ if not ring.NO_EXTENSIONS:
 
 def align(x: int, a: int) -> int:
     return (x + a - 1) // a * a
+
+
+class DriverRing:
+    """The driver's side of one split virtqueue of *num* entries over its three areas."""
+
+    def __init__(self, num: int, desc: memoryview, avail: memoryview, used: memoryview) -> None:
+        _, asize, usize = ring_sizes(num)
+        self.num = num
+        self.desc = desc
+        self.avail = avail
+        self.used = used
+        self._avail16 = avail[:asize].cast("H")
+        self._used16 = used[:usize].cast("H")
+        #: The driver's avail index (what publish() writes to the ring).
+        self.avail_idx = self._avail16[AVAIL_IDX]
+
+    def release(self) -> None:
+        for v in (self._avail16, self._used16):
+            v.release()
+
+    # -- descriptors --------------------------------------------------------------------
+    def write_desc(self, i: int, addr: int, length: int, flags: int = 0, nxt: int = 0) -> None:
+        DESC.pack_into(self.desc, VRING_DESC_SIZE * i, addr, length, flags, nxt)
+
+    def read_desc(self, i: int) -> tuple[int, int, int, int]:
+        return DESC.unpack_from(self.desc, VRING_DESC_SIZE * i)
+
+    # -- avail side ---------------------------------------------------------------------
+    def publish(self, *heads: int) -> None:
+        """Add *heads* to the avail ring, then advance its index (one store per entry, then the index)."""
+        for head in heads:
+            self._avail16[AVAIL_RING + self.avail_idx % self.num] = head
+            self.avail_idx = (self.avail_idx + 1) & 0xFFFF
+        self._avail16[AVAIL_IDX] = self.avail_idx
+
+    def set_avail_idx(self, idx: int) -> None:
+        self.avail_idx = idx & 0xFFFF
+        self._avail16[AVAIL_IDX] = self.avail_idx
+
+    def set_avail_entry(self, slot: int, head: int) -> None:
+        self._avail16[AVAIL_RING + slot] = head & 0xFFFF
+
+    def set_avail_flags(self, flags: int) -> None:
+        self._avail16[AVAIL_FLAGS] = flags & 0xFFFF
+
+    def set_used_event(self, value: int) -> None:
+        self._avail16[used_event_word(self.num)] = value & 0xFFFF
+
+    # -- used side ----------------------------------------------------------------------
+    def used_flags(self) -> int:
+        return self._used16[USED_FLAGS]
+
+    def used_idx(self) -> int:
+        return self._used16[USED_IDX]
+
+    def set_used_idx(self, value: int) -> None:
+        self._used16[USED_IDX] = value & 0xFFFF
+
+    def used_elem(self, slot: int) -> tuple[int, int]:
+        return USED_ELEM.unpack_from(self.used, USED_RING_OFFSET + VRING_USED_ELEM_SIZE * slot)
+
+    def avail_event(self) -> int:
+        return self._used16[avail_event_word(self.num)]
 
 
 @dataclass
@@ -69,7 +151,7 @@ class GuestRing:
             ]
         )
         base = self.region_specs[0][0]
-        dsize, asize, usize = ring.ring_sizes(num)
+        dsize, asize, usize = ring_sizes(num)
         self.desc_gpa = base
         self.avail_gpa = base + dsize
         self.used_gpa = align(self.avail_gpa + asize, 4)
@@ -77,8 +159,27 @@ class GuestRing:
         self.data_end = base + self.region_specs[0][1]
         self._brk = self.data_gpa
         self._next_desc = 0
-        #: The driver's avail index (written to the ring by publish()).
-        self.avail_shadow = self.read_u16(self.avail_gpa + 2)
+        self.driver = DriverRing(num, *self.views())
+        # the driver's operations on the ring, by their names
+        self.publish = self.driver.publish
+        self.set_avail_idx = self.driver.set_avail_idx
+        self.set_avail_entry = self.driver.set_avail_entry
+        self.set_avail_flags = self.driver.set_avail_flags
+        self.set_used_event = self.driver.set_used_event
+        self.used_flags = self.driver.used_flags
+        self.used_idx = self.driver.used_idx
+        self.set_used_idx = self.driver.set_used_idx
+        self.used_elem = self.driver.used_elem
+        self.avail_event = self.driver.avail_event
+
+    @property
+    def avail_shadow(self) -> int:
+        """The driver's avail index (written to the ring by publish())."""
+        return self.driver.avail_idx
+
+    @avail_shadow.setter
+    def avail_shadow(self, value: int) -> None:
+        self.driver.avail_idx = value & 0xFFFF
 
     # -- memory -------------------------------------------------------------------------------
     def clone(self) -> GuestRing:
@@ -113,7 +214,7 @@ class GuestRing:
 
     # -- rings --------------------------------------------------------------------------------
     def views(self) -> tuple[memoryview, memoryview, memoryview]:
-        dsize, asize, usize = ring.ring_sizes(self.num)
+        dsize, asize, usize = ring_sizes(self.num)
         return (
             self.mem.gpa_view(self.desc_gpa, dsize),
             self.mem.gpa_view(self.avail_gpa, asize),
@@ -126,12 +227,15 @@ class GuestRing:
 
     def set_desc(self, i: int, addr: int, length: int, flags: int = 0, nxt: int = 0, table: int | None = None) -> None:
         """Write descriptor *i* of the main table, or of the table at gpa *table*."""
-        base = self.desc_gpa if table is None else table
-        self.write(base + 16 * i, DESC.pack(addr, length, flags, nxt))
+        if table is None:
+            self.driver.write_desc(i, addr, length, flags, nxt)
+        else:
+            self.write(table + VRING_DESC_SIZE * i, DESC.pack(addr, length, flags, nxt))
 
     def get_desc(self, i: int, table: int | None = None) -> tuple[int, int, int, int]:
-        base = self.desc_gpa if table is None else table
-        return DESC.unpack(self.read(base + 16 * i, 16))
+        if table is None:
+            return self.driver.read_desc(i)
+        return DESC.unpack(self.read(table + VRING_DESC_SIZE * i, VRING_DESC_SIZE))
 
     def alloc_descs(self, n: int) -> list[int]:
         if self._next_desc + n > self.num:
@@ -179,38 +283,3 @@ class GuestRing:
         for k, (gpa, length, flags) in enumerate(bufs):
             last = k == len(bufs) - 1
             self.set_desc(k, gpa, length, flags | (0 if last else VRING_DESC_F_NEXT), 0 if last else k + 1, table=table)
-
-    def publish(self, *heads: int) -> None:
-        """Add *heads* to the avail ring and advance its index (one store per entry, then the index)."""
-        for head in heads:
-            self.write_u16(self.avail_gpa + 4 + 2 * (self.avail_shadow % self.num), head)
-            self.avail_shadow = (self.avail_shadow + 1) & 0xFFFF
-        self.write_u16(self.avail_gpa + 2, self.avail_shadow)
-
-    def set_avail_idx(self, idx: int) -> None:
-        self.avail_shadow = idx & 0xFFFF
-        self.write_u16(self.avail_gpa + 2, idx)
-
-    def set_avail_entry(self, slot: int, head: int) -> None:
-        self.write_u16(self.avail_gpa + 4 + 2 * slot, head)
-
-    def set_avail_flags(self, flags: int) -> None:
-        self.write_u16(self.avail_gpa, flags)
-
-    def set_used_event(self, value: int) -> None:
-        self.write_u16(self.avail_gpa + 4 + 2 * self.num, value)
-
-    def used_flags(self) -> int:
-        return self.read_u16(self.used_gpa)
-
-    def used_idx(self) -> int:
-        return self.read_u16(self.used_gpa + 2)
-
-    def set_used_idx(self, value: int) -> None:
-        self.write_u16(self.used_gpa + 2, value)
-
-    def used_elem(self, slot: int) -> tuple[int, int]:
-        return USED_ELEM.unpack(self.read(self.used_gpa + 4 + 8 * slot, 8))
-
-    def avail_event(self) -> int:
-        return self.read_u16(self.used_gpa + 4 + 8 * self.num)
