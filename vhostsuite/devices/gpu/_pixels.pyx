@@ -13,7 +13,11 @@ from libc.string cimport memcpy
 from vhostsuite.core._ring cimport NOGIL_COPY
 
 # The swizzle numbers and the argument checks are the reference's own: one place for both.
-from ._pixels_py import SWIZZLE_BSWAP, SWIZZLE_NONE, SWIZZLE_ROTATE, SWIZZLE_SWAP02, check_rect  # noqa: F401
+from ._pixels_py import check_rect
+from .wire import SWIZZLE_BSWAP, SWIZZLE_NONE, SWIZZLE_ROTATE, SWIZZLE_SWAP02
+
+# The permutation numbers, from wire.py, as C values for the copy loops.
+cdef int _NONE = SWIZZLE_NONE, _BSWAP = SWIZZLE_BSWAP, _SWAP02 = SWIZZLE_SWAP02, _ROTATE = SWIZZLE_ROTATE
 
 
 cdef class PageList:
@@ -132,7 +136,7 @@ cdef void _copy_rows(PageList pages, Py_ssize_t so, Py_ssize_t ss, uint8_t* d, P
 def swizzle_rect(int kind, src, src_offset, src_stride, dst, dst_offset, dst_stride, width, rows):
     """Copy *width* x *rows* 32-bit pixels from *src* to *dst*, permuting each pixel's bytes."""
     cdef Py_buffer s, d
-    if kind < 0 or kind > 3:
+    if kind != _NONE and kind != _BSWAP and kind != _SWAP02 and kind != _ROTATE:
         raise ValueError(f"unknown swizzle {kind}")
     if width < 0:
         raise ValueError("negative width")
@@ -152,9 +156,9 @@ def swizzle_rect(int kind, src, src_offset, src_stride, dst, dst_offset, dst_str
 
 cdef inline uint32_t _perm(int kind, uint32_t v) noexcept nogil:
     cdef uint32_t b0 = v & 0xFFU, b1 = (v >> 8) & 0xFFU, b2 = (v >> 16) & 0xFFU, b3 = v >> 24
-    if kind == 1:  # A R G B -> B G R A
+    if kind == _BSWAP:  # A R G B -> B G R A
         return (b0 << 24) | (b1 << 16) | (b2 << 8) | b3
-    elif kind == 2:  # R G B A -> B G R A
+    elif kind == _SWAP02:  # R G B A -> B G R A
         return (b3 << 24) | (b0 << 16) | (b1 << 8) | b2
     else:  # A B G R -> B G R A  (bytes 1,2,3,0)
         return (b0 << 24) | (b3 << 16) | (b2 << 8) | b1
@@ -177,7 +181,7 @@ cdef void _swizzle_rows(int kind, const uint8_t* s, Py_ssize_t ss, uint8_t* d, P
     cdef uint32_t v
     cdef const uint8_t* sp
     cdef uint8_t* dp
-    if kind == 0:
+    if kind == _NONE:
         if ss == ds and ss == width * 4:
             memcpy(d, s, width * 4 * rows)
         else:

@@ -14,10 +14,7 @@ from __future__ import annotations
 
 import bisect
 
-SWIZZLE_NONE = 0
-SWIZZLE_BSWAP = 1
-SWIZZLE_SWAP02 = 2
-SWIZZLE_ROTATE = 3
+from .wire import SWIZZLE_BSWAP, SWIZZLE_NONE, SWIZZLE_ROTATE, SWIZZLE_SWAP02
 
 
 def check_rect(total: int, offset: int, stride: int, row_bytes: int, rows: int, what: str) -> None:

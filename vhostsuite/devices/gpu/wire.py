@@ -80,11 +80,12 @@ VIRTIO_GPU_FORMAT_A8B8G8R8_UNORM = 121
 VIRTIO_GPU_FORMAT_R8G8B8X8_UNORM = 134
 
 #: Byte permutations that turn a pixel's bytes in memory into B,G,R,A/X order (x8r8g8b8 and
-#: a8r8g8b8 on a little-endian host). Big-endian hosts would need the opposite mapping; they
-#: are not supported.
-#: NONE: B G R A as is; BSWAP: A R G B reversed; SWAP02: R G B A with bytes 0 and 2 swapped;
-#: ROTATE: A B G R as bytes 1,2,3,0. The numbers live with the pixel copies that apply them.
-from ._pixels_py import SWIZZLE_BSWAP, SWIZZLE_NONE, SWIZZLE_ROTATE, SWIZZLE_SWAP02  # noqa: E402
+#: a8r8g8b8 on a little-endian host; big-endian hosts are not supported). Applied by the
+#: pixel copiers (_pixels.pyx and its twin _pixels_py.py).
+SWIZZLE_NONE = 0  #: B G R A, as it is
+SWIZZLE_BSWAP = 1  #: A R G B, reversed
+SWIZZLE_SWAP02 = 2  #: R G B A, bytes 0 and 2 swapped
+SWIZZLE_ROTATE = 3  #: A B G R, as bytes 1, 2, 3, 0
 
 #: virtio format -> (swizzle to B,G,R,A bytes, has alpha)
 FORMATS: dict[int, tuple[int, bool]] = {
