@@ -863,3 +863,45 @@ def test_queue_usable_after_error(impl: type) -> None:
             vq.pop()
     g.set_desc(0, g.alloc(2), 2)
     assert vq.pop().read() == b"\0\0"
+
+
+def test_pop_batch_is_repeated_pop(impl: type) -> None:
+    """pop_batch gives what pop() repeated would, up to the chain and byte budgets."""
+    g = GuestRing(32)
+    specs = [g.add_chain([bytes([i]) * (10 + i)], [100]) for i in range(12)]
+    vq = g.queue(impl)
+    first = vq.pop_batch(5, 1 << 20)
+    assert [c.head for c in first] == [s.head for s in specs[:5]]
+    assert [c.read() for c in first] == [bytes([i]) * (10 + i) for i in range(5)]
+    # the byte budget: chains until their buffers add up to it (the one that crosses it included)
+    by_bytes = vq.pop_batch(100, 115 + 116 + 1)  # chains 5 and 6 leave 1 byte: 7 crosses it
+    assert [c.head for c in by_bytes] == [s.head for s in specs[5:8]]
+    assert [c.head for c in vq.pop_batch(100, 0)] == [specs[8].head], "at least one chain when any waits"
+    rest = vq.pop_batch(100, 1 << 20)
+    assert [c.head for c in rest] == [s.head for s in specs[9:]]
+    assert vq.pop_batch(100, 1 << 20) == []
+    assert vq.last_avail_idx == 12
+
+
+def test_unpop_gives_back_the_newest_chains(impl: type) -> None:
+    g = GuestRing(8)
+    specs = [g.add_chain([b"x"], [8]) for _ in range(4)]
+    vq = g.queue(impl)
+    batch = vq.pop_batch(4, 1 << 20)
+    vq.push(batch[0])
+    vq.unpop(3)  # batch[1:] were not handled: they are popped again
+    assert vq.last_avail_idx == 1
+    assert [c.head for c in vq.pop_batch(8, 1 << 20)] == [s.head for s in specs[1:]]
+    assert vq.used_idx == 1 == g.used_idx()
+    with pytest.raises(ValueError):
+        vq.unpop(-1)
+
+
+def test_pop_batch_raises_for_a_bad_chain(impl: type) -> None:
+    g = GuestRing(8)
+    g.add_chain([b"ok"], [8])  # descriptors 0 and 1
+    g.set_desc(5, g.alloc(8), 8, VRING_DESC_F_NEXT, 5)  # a self-loop
+    g.publish(5)
+    vq = g.queue(impl)
+    with pytest.raises(RingError, match="a loop"):
+        vq.pop_batch(8, 1 << 20)

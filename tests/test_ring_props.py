@@ -271,3 +271,32 @@ def test_same_gather_scatter(data: st.DataObject) -> None:
 def test_same_vring_need_event(e: int, new: int, old: int) -> None:
     assert _ring.vring_need_event(e, new, old) is ring.vring_need_event(e, new, old)
     assert _ring.vring_need_event(e & 0xFFFF, new & 0xFFFF, old & 0xFFFF) is ring.vring_need_event(e, new, old)
+
+
+@SETTINGS
+@given(st.data())
+def test_same_batches(data: st.DataObject) -> None:
+    """pop_batch on random and hostile rings: both twins agree, and with pop() repeated."""
+    gp, kwargs = build(data)
+    g2, g3 = gp.clone(), gp.clone()
+    vp = construct(ring.VirtqueuePy, gp, kwargs)
+    vc = construct(_ring.Virtqueue, g2, kwargs)
+    vr = construct(ring.VirtqueuePy, g3, kwargs)  # the reference: pop() one by one
+    max_chains = data.draw(st.integers(1, gp.num + 2))
+    max_bytes = data.draw(st.integers(0, 1 << 12))
+    bp, bc = outcome(vp.pop_batch, max_chains, max_bytes), outcome(vc.pop_batch, max_chains, max_bytes)
+    if bp[0] != "ok" or bc[0] != "ok":
+        assert bc == bp
+        return
+    assert [summary(c) for c in bc[1]] == [summary(c) for c in bp[1]]
+    one_by_one = []
+    nbytes = 0
+    while len(one_by_one) < max_chains and (nbytes < max_bytes or not one_by_one):
+        chain = vr.pop()
+        if chain is None:
+            break
+        one_by_one.append(chain)
+        nbytes += chain.read_size + chain.write_size
+    assert [summary(c) for c in bp[1]] == [summary(c) for c in one_by_one]
+    assert vc.last_avail_idx == vp.last_avail_idx == vr.last_avail_idx
+    assert g2.snapshot() == gp.snapshot() == g3.snapshot()

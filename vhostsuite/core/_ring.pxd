@@ -120,4 +120,5 @@ cdef class Virtqueue:
     cdef int _check_used_writable(self) except -1
     cdef int _raise(self, int rc, uint16_t head) except -1
     cdef Py_ssize_t _pending(self) except -1
+    cdef object _pop(self)
     cdef int _push(self, object head, object length) except -1

@@ -688,6 +688,31 @@ cdef class Virtqueue:
 
     def pop(self):
         """The next available chain, or None. Raises RingError for a malformed ring."""
+        return self._pop()
+
+    def pop_batch(self, Py_ssize_t max_chains, Py_ssize_t max_bytes):
+        """What pop() repeated gives, up to *max_chains* chains or until their buffers add up
+        to *max_bytes* (at least one chain if any is available), as a list."""
+        cdef list out = []
+        cdef Py_ssize_t nbytes = 0
+        cdef Chain c
+        while len(out) < max_chains and (nbytes < max_bytes or not out):
+            chain = self._pop()
+            if chain is None:
+                break
+            c = <Chain>chain
+            out.append(c)
+            nbytes += c.read_size + c.write_size
+        return out
+
+    def unpop(self, Py_ssize_t n):
+        """Give back the *n* chains popped last (none of them pushed): they are popped again."""
+        _check_init(self)
+        if n < 0 or n > 0xFFFF:
+            raise ValueError(f"can't give back {n} chains")
+        self._last_avail = <uint16_t>(self._last_avail - n)
+
+    cdef object _pop(self):
         cdef uint16_t head
         cdef Chain chain
         cdef int rc

@@ -190,6 +190,25 @@ class Virtqueue:
         self.last_avail_idx = (self.last_avail_idx + 1) & 0xFFFF
         return chain
 
+    def pop_batch(self, max_chains: int, max_bytes: int) -> list[Chain]:
+        """What pop() repeated gives, up to *max_chains* chains or until their buffers add up
+        to *max_bytes* (at least one chain if any is available), as a list."""
+        out: list[Chain] = []
+        nbytes = 0
+        while len(out) < max_chains and (nbytes < max_bytes or not out):
+            chain = self.pop()
+            if chain is None:
+                break
+            out.append(chain)
+            nbytes += chain.read_size + chain.write_size
+        return out
+
+    def unpop(self, n: int) -> None:
+        """Give back the *n* chains popped last (none of them pushed): they are popped again."""
+        if n < 0 or n > 0xFFFF:
+            raise ValueError(f"can't give back {n} chains")
+        self.last_avail_idx = (self.last_avail_idx - n) & 0xFFFF
+
     def _walk(self, head: int) -> Chain:
         mem = self.mem
         table = self._desc

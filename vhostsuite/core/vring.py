@@ -170,34 +170,35 @@ class Vring:
         if vq is None or self.held or (self.spec.serial and self.inflight):
             return
         handler = self.spec.handler
-        inflight = self.inflight
         serial = self.spec.serial
-        chains = nbytes = 0
+        inflight = self.inflight
+        push = vq.push
+        pending = PENDING
         pushed = False
         try:
-            while True:
-                if chains >= BUDGET_CHAINS or nbytes >= BUDGET_BYTES:
-                    self.schedule()  # there may be more: the next turn, after everyone else's
-                    break
-                chain = vq.pop()
-                if chain is None:
-                    break
-                chains += 1
-                nbytes += chain.read_size + chain.write_size
+            batch = vq.pop_batch(BUDGET_CHAINS, BUDGET_BYTES)
+            for n, chain in enumerate(batch, 1):
                 response = handler(chain)
-                if self.vq is not vq:  # the handler's work stopped or broke the ring
+                if self.vq is not vq:  # the ring went while the handler ran: nothing goes to it
                     return
-                if response is PENDING:
-                    inflight.append([chain, PENDING])
-                    if serial:
+                if response is pending:
+                    inflight.append([chain, pending])
+                    if serial:  # the rest waits for this one: back to the ring, popped again later
+                        vq.unpop(len(batch) - n)
                         break
                 elif inflight:
                     inflight.append([chain, response])  # answered early: waits its turn
                 else:
-                    _answer(vq, chain, response)
+                    if response is not None:
+                        chain.write(response)
+                    push(chain)
                     pushed = True
                 if self.held:
+                    vq.unpop(len(batch) - n)
                     break
+            else:
+                if batch and vq.pending():
+                    self.schedule()  # the budget is spent and more waits: the next turn, after everyone else's
         except RingError as e:
             self.owner.mark_broken(f"queue {self.index}: {e}", self.index)
             return

@@ -1,9 +1,13 @@
 """virtio-gpu commands as typed values: decoded once from the chain, answered with one
 response type, encoded in one place.
 
+The command types mirror the wire structs after the header, padding included, so each is
+made from one ``struct.unpack_from`` in one C call (``tuple.__new__``); the header stays the
+plain tuple ``struct`` gives. Decoding a small command costs two unpacks and one typed tuple.
+
 ``decode_control(chain)`` and ``decode_cursor(chain)`` read the command (the header and its
 fixed-size body in one read; ATTACH_BACKING's entries after it) and return a
-``(Header, command)`` pair, where the command is one of the NamedTuples below, or a
+``(header, command)`` pair, where the command is one of the NamedTuples below, or a
 :class:`Reply` with the error the guest gets for a command that can't be decoded. Handlers
 return a :class:`Reply`; :func:`encode` turns it into the bytes written to the chain (the
 fence echoed, every byte set). No cairo and no I/O here.
@@ -11,7 +15,6 @@ fence echoed, every byte set). No cairo and no I/O here.
 
 from __future__ import annotations
 
-import struct
 from typing import TYPE_CHECKING, NamedTuple
 
 from . import wire as W
@@ -20,14 +23,11 @@ if TYPE_CHECKING:
     from ...core.ring import Chain
 
 
-class Header(NamedTuple):
-    """struct virtio_gpu_ctrl_hdr (the padding dropped)."""
-
-    type: int
-    flags: int
-    fence_id: int
-    ctx_id: int
-    ring_idx: int
+#: struct virtio_gpu_ctrl_hdr as ``struct`` unpacks it, padding dropped: (type, flags,
+#: fence_id, ctx_id, ring_idx). A plain tuple on purpose: it is made for every command, and a
+#: tuple subclass costs five times as much to create.
+Header = tuple[int, int, int, int, int]
+HDR_TYPE, HDR_FLAGS, HDR_FENCE_ID, HDR_CTX_ID, HDR_RING_IDX = range(5)
 
 
 class Reply(NamedTuple):
@@ -43,6 +43,7 @@ class GetDisplayInfo(NamedTuple):
 
 class GetEdid(NamedTuple):
     scanout: int
+    padding: int = 0
 
 
 class ResourceCreate2D(NamedTuple):
@@ -54,6 +55,7 @@ class ResourceCreate2D(NamedTuple):
 
 class ResourceUnref(NamedTuple):
     resource_id: int
+    padding: int = 0
 
 
 class SetScanout(NamedTuple):
@@ -71,6 +73,7 @@ class ResourceFlush(NamedTuple):
     width: int
     height: int
     resource_id: int
+    padding: int = 0
 
 
 class TransferToHost2D(NamedTuple):
@@ -80,6 +83,7 @@ class TransferToHost2D(NamedTuple):
     height: int
     offset: int
     resource_id: int
+    padding: int = 0
 
 
 class AttachBacking(NamedTuple):
@@ -90,6 +94,7 @@ class AttachBacking(NamedTuple):
 
 class DetachBacking(NamedTuple):
     resource_id: int
+    padding: int = 0
 
 
 class UpdateCursor(NamedTuple):
@@ -133,51 +138,53 @@ ERR_INVALID_RESOURCE_ID = Reply(W.VIRTIO_GPU_RESP_ERR_INVALID_RESOURCE_ID)
 ERR_INVALID_PARAMETER = Reply(W.VIRTIO_GPU_RESP_ERR_INVALID_PARAMETER)
 
 #: A header for what can't be decoded (no fence to echo).
-NO_HEADER = Header(0, 0, 0, 0, 0)
+NO_HEADER: Header = (0, 0, 0, 0, 0)
 
 #: Bytes read of every command: enough for the largest fixed-size one.
 _READ_AHEAD = max(W.COMMAND_SIZES.values())
 _HDR = W.CTRL_HDR.size
 _MEM_ENTRY = W.MEM_ENTRY
 
-#: command type -> (body layout, how the unpacked fields become the command)
-_CONTROL: dict[int, tuple[struct.Struct, object]] = {
-    W.VIRTIO_GPU_CMD_GET_DISPLAY_INFO: (struct.Struct(""), lambda: GetDisplayInfo()),
-    W.VIRTIO_GPU_CMD_GET_EDID: (W.CMD_GET_EDID, lambda scanout, _pad: GetEdid(scanout)),
-    W.VIRTIO_GPU_CMD_RESOURCE_CREATE_2D: (W.RESOURCE_CREATE_2D, ResourceCreate2D),
-    W.VIRTIO_GPU_CMD_RESOURCE_UNREF: (W.RESOURCE_UNREF, lambda rid, _pad: ResourceUnref(rid)),
-    W.VIRTIO_GPU_CMD_SET_SCANOUT: (W.SET_SCANOUT, SetScanout),
-    W.VIRTIO_GPU_CMD_RESOURCE_FLUSH: (W.RESOURCE_FLUSH, lambda x, y, w, h, rid, _pad: ResourceFlush(x, y, w, h, rid)),
-    W.VIRTIO_GPU_CMD_TRANSFER_TO_HOST_2D: (
-        W.TRANSFER_TO_HOST_2D,
-        lambda x, y, w, h, off, rid, _pad: TransferToHost2D(x, y, w, h, off, rid),
-    ),
-    W.VIRTIO_GPU_CMD_RESOURCE_DETACH_BACKING: (W.RESOURCE_DETACH_BACKING, lambda rid, _pad: DetachBacking(rid)),
+_new = tuple.__new__
+_unpack_header = W.CTRL_HDR.unpack_from
+GET_DISPLAY_INFO = GetDisplayInfo()
+
+#: command type -> (bytes it needs, its body's unpack_from, its type)
+_CONTROL: dict[int, tuple[int, object, type]] = {
+    ctype: (W.COMMAND_SIZES[ctype], layout.unpack_from, cls)
+    for ctype, layout, cls in (
+        (W.VIRTIO_GPU_CMD_GET_EDID, W.CMD_GET_EDID, GetEdid),
+        (W.VIRTIO_GPU_CMD_RESOURCE_CREATE_2D, W.RESOURCE_CREATE_2D, ResourceCreate2D),
+        (W.VIRTIO_GPU_CMD_RESOURCE_UNREF, W.RESOURCE_UNREF, ResourceUnref),
+        (W.VIRTIO_GPU_CMD_SET_SCANOUT, W.SET_SCANOUT, SetScanout),
+        (W.VIRTIO_GPU_CMD_RESOURCE_FLUSH, W.RESOURCE_FLUSH, ResourceFlush),
+        (W.VIRTIO_GPU_CMD_TRANSFER_TO_HOST_2D, W.TRANSFER_TO_HOST_2D, TransferToHost2D),
+        (W.VIRTIO_GPU_CMD_RESOURCE_DETACH_BACKING, W.RESOURCE_DETACH_BACKING, DetachBacking),
+    )
 }
-
-
-def _header(raw: bytes) -> Header | None:
-    if len(raw) < _HDR:
-        return None
-    return Header._make(W.CTRL_HDR.unpack_from(raw))
+_ATTACH_SIZE = W.COMMAND_SIZES[W.VIRTIO_GPU_CMD_RESOURCE_ATTACH_BACKING]
 
 
 def decode_control(chain: Chain) -> tuple[Header, Command | Reply]:
     """The control-queue command in *chain*, or the error Reply it gets."""
     raw = chain.read(_READ_AHEAD)  # the header and any fixed-size body in one read
-    hdr = _header(raw)
-    if hdr is None:
+    if len(raw) < _HDR:
         return NO_HEADER, ERR_INVALID_PARAMETER
-    ctype = hdr.type
-    layout = _CONTROL.get(ctype)
-    if layout is None and ctype != W.VIRTIO_GPU_CMD_RESOURCE_ATTACH_BACKING:
-        return hdr, Unsupported(ctype)
-    if len(raw) < W.COMMAND_SIZES[ctype]:
-        return hdr, ERR_INVALID_PARAMETER
-    if layout is None:
+    hdr = _unpack_header(raw)
+    ctype = hdr[0]  # HDR_TYPE
+    entry = _CONTROL.get(ctype)
+    if entry is not None:
+        size, unpack, cls = entry
+        if len(raw) < size:
+            return hdr, ERR_INVALID_PARAMETER
+        return hdr, _new(cls, unpack(raw, _HDR))
+    if ctype == W.VIRTIO_GPU_CMD_GET_DISPLAY_INFO:
+        return hdr, GET_DISPLAY_INFO
+    if ctype == W.VIRTIO_GPU_CMD_RESOURCE_ATTACH_BACKING:
+        if len(raw) < _ATTACH_SIZE:
+            return hdr, ERR_INVALID_PARAMETER
         return hdr, _attach_backing(chain, raw)
-    body, make = layout
-    return hdr, make(*body.unpack_from(raw, _HDR))
+    return hdr, Unsupported(ctype)
 
 
 def _attach_backing(chain: Chain, raw: bytes) -> AttachBacking | Reply:
@@ -197,27 +204,32 @@ _CURSOR_SIZE = W.COMMAND_SIZES[W.VIRTIO_GPU_CMD_UPDATE_CURSOR]
 def decode_cursor(chain: Chain) -> tuple[Header, Command | Reply]:
     """The cursor-queue command in *chain* (UPDATE_CURSOR or MOVE_CURSOR), or an error Reply."""
     raw = chain.read(_CURSOR_SIZE)
-    hdr = _header(raw)
-    if hdr is None or len(raw) < _CURSOR_SIZE:
-        return hdr or NO_HEADER, ERR_INVALID_PARAMETER
-    if hdr.type not in (W.VIRTIO_GPU_CMD_UPDATE_CURSOR, W.VIRTIO_GPU_CMD_MOVE_CURSOR):
-        return hdr, Unsupported(hdr.type)
+    if len(raw) < _HDR:
+        return NO_HEADER, ERR_INVALID_PARAMETER
+    hdr = _unpack_header(raw)
+    ctype = hdr[HDR_TYPE]
+    if len(raw) < _CURSOR_SIZE:
+        return hdr, ERR_INVALID_PARAMETER
+    if ctype not in (W.VIRTIO_GPU_CMD_UPDATE_CURSOR, W.VIRTIO_GPU_CMD_MOVE_CURSOR):
+        return hdr, Unsupported(ctype)
     sid, x, y, _, rid, hot_x, hot_y, _ = W.UPDATE_CURSOR.unpack_from(raw, _HDR)
-    return hdr, UpdateCursor(hdr.type == W.VIRTIO_GPU_CMD_MOVE_CURSOR, sid, x, y, rid, hot_x, hot_y)
+    return hdr, UpdateCursor(ctype == W.VIRTIO_GPU_CMD_MOVE_CURSOR, sid, x, y, rid, hot_x, hot_y)
 
 
 _NODATA_BYTES = W.CTRL_HDR.pack(W.VIRTIO_GPU_RESP_OK_NODATA, 0, 0, 0, 0)
 
 
+_FENCE = W.VIRTIO_GPU_FLAG_FENCE
+
+
 def encode(hdr: Header, reply: Reply) -> bytes:
     """The response bytes: header (fence and ring index echoed when fenced) and body."""
-    flags = hdr.flags
-    if flags & W.VIRTIO_GPU_FLAG_FENCE:
-        ring = flags & W.VIRTIO_GPU_FLAG_INFO_RING_IDX
-        head = W.CTRL_HDR.pack(
-            reply.type, W.VIRTIO_GPU_FLAG_FENCE | ring, hdr.fence_id, hdr.ctx_id, hdr.ring_idx if ring else 0
-        )
-        return head + reply.body
-    if reply is OK_NODATA:
-        return _NODATA_BYTES
-    return W.CTRL_HDR.pack(reply.type, 0, 0, 0, 0) + reply.body
+    flags = hdr[1]  # HDR_FLAGS
+    if not flags & _FENCE:
+        if reply is OK_NODATA:
+            return _NODATA_BYTES
+        return W.CTRL_HDR.pack(reply[0], 0, 0, 0, 0) + reply[1]
+    _, _, fence_id, ctx_id, ring_idx = hdr
+    ring = flags & W.VIRTIO_GPU_FLAG_INFO_RING_IDX
+    head = W.CTRL_HDR.pack(reply[0], W.VIRTIO_GPU_FLAG_FENCE | ring, fence_id, ctx_id, ring_idx if ring else 0)
+    return head + reply[1]

@@ -35,6 +35,11 @@ log = logging.getLogger("vhostsuite.gpu")
 CONTROL_QUEUE = 0
 CURSOR_QUEUE = 1
 
+# Bound once: every control command goes through them.
+_decode_control = K.decode_control
+_encode = K.encode
+_Reply = K.Reply
+
 
 class GpuDevice(Device):
     backend_type = "gpu"
@@ -51,8 +56,10 @@ class GpuDevice(Device):
         self.events_read = 0
         #: The display modes body (16 x display_one) QEMU last told us.
         self._display_body: bytes | None = None
-        #: The control command being handled: (header, chain), for the ones that ask the display.
-        self._command: tuple[K.Header, Chain] | None = None
+        #: The control command being handled (its header and chain), for the ones that ask the
+        #: display; the control queue is serial, so there is one at a time.
+        self._hdr: K.Header = K.NO_HEADER
+        self._chain: Chain | None = None
         self.queues = (
             QueueSpec("control", self._control, serial=True),
             QueueSpec("cursor", self._cursor),
@@ -120,22 +127,24 @@ class GpuDevice(Device):
 
     # -- the queues -----------------------------------------------------------------------
     def _control(self, chain: Chain) -> Response:
-        hdr, cmd = K.decode_control(chain)
-        if type(cmd) is K.Reply:
-            reply = cmd
-        else:
-            self._command = (hdr, chain)
-            reply = self._dispatch[type(cmd)](cmd)
-            if reply is PENDING:
-                return PENDING
-        return K.encode(hdr, reply)
+        hdr, cmd = _decode_control(chain)
+        kind = cmd.__class__
+        if kind is _Reply:
+            return _encode(hdr, cmd)
+        self._hdr = hdr
+        self._chain = chain
+        reply = self._dispatch[kind](cmd)
+        if reply is PENDING:
+            return PENDING
+        return _encode(hdr, reply)
 
     def _cursor(self, chain: Chain) -> None:
         hdr, cmd = K.decode_cursor(chain)
         if type(cmd) is K.UpdateCursor:
             update_cursor(cmd, self.resources, self.display)
         else:
-            log.debug("cursor queue: command %s of %d bytes ignored", W.ctrl_type_name(hdr.type), chain.read_size)
+            name = W.ctrl_type_name(hdr[K.HDR_TYPE])
+            log.debug("cursor queue: command %s of %d bytes ignored", name, chain.read_size)
         return None
 
     def _unsupported(self, cmd: K.Unsupported) -> K.Reply:
@@ -151,7 +160,7 @@ class GpuDevice(Device):
     # -- commands that ask the display ----------------------------------------------------------
     def _ask(self, send: Callable[[ReplyCallback], bool], answer: Callable[[bytes | None], K.Reply]) -> Response:
         """Ask the display with *send*; the command completes with ``answer(reply or None)``."""
-        hdr, chain = self._command
+        hdr, chain = self._hdr, self._chain
 
         def got(reply: bytes | None) -> None:
             # False when the ring stopped meanwhile: the command is popped again and asks again.
@@ -203,7 +212,7 @@ class GpuDevice(Device):
 
     # -- life cycle ---------------------------------------------------------------------------
     def reset(self) -> None:
-        self._command = None
+        self._chain = None
         self.resources.clear()
         self.scanouts.reset()
         self.events_read = 0

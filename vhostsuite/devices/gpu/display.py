@@ -141,11 +141,19 @@ class DisplayChannel:
         return bool((self.protocol_features or 0) & (1 << bit))
 
     # -- sending ------------------------------------------------------------------------
+    @property
+    def output_waiting(self) -> bool:
+        """Output the socket has not taken yet is queued (it may hold views of the caller's buffers)."""
+        return bool(self._out)
+
     def send(self, request: int, *parts: bytes | memoryview) -> bool:
         """Send one message (header + *parts*) without blocking; False if the channel is (now) closed.
 
-        The parts may be views of buffers the caller changes afterwards: what is not sent at
-        once is copied.
+        What the socket does not take at once waits in the output queue as it is, without a
+        copy: *parts* must be bytes or views of buffers that are never resized (a resource's
+        pixels: the display then shows what they hold when they go out, which is newer, never
+        torn framing). A buffer the caller reuses must not be reused while
+        :attr:`output_waiting`.
         """
         if self.closed:
             return False
@@ -167,7 +175,7 @@ class DisplayChannel:
             self.loop.add_writer(self.sock.fileno(), self._on_writable)
             self._out_timer = self.loop.call_later(self.timeout, self._check_stalled)
         for v in views:
-            self._out.append(memoryview(bytes(v)))
+            self._out.append(v)
             self._out_bytes += len(v)
         if self._out_bytes > MAX_QUEUED:
             log.error("display: more than %d bytes wait for the display; closing the display socket", MAX_QUEUED)

@@ -161,17 +161,17 @@ class Resources:
         return K.OK_NODATA
 
     def transfer_to_host_2d(self, cmd: K.TransferToHost2D) -> K.Reply:
-        res = self.by_id.get(cmd.resource_id)
+        x, y, w, h, offset, rid, _ = cmd
+        res = self.by_id.get(rid)
         if res is None or res.backing is None:
             return K.ERR_INVALID_RESOURCE_ID
-        x, y, w, h = cmd.x, cmd.y, cmd.width, cmd.height
         if not res.contains(x, y, w, h):
             return K.ERR_INVALID_PARAMETER
         if w == 0 or h == 0:
             return K.OK_NODATA
         stride = res.stride
         try:
-            pixels.copy_rect(res.backing, cmd.offset, stride, res.data, y * stride + x * 4, stride, w * 4, h)
+            pixels.copy_rect(res.backing, offset, stride, res.data, y * stride + x * 4, stride, w * 4, h)
         except ValueError as e:
             log.warning("resource %d: transfer refused: %s", res.id, e)
             return K.ERR_INVALID_PARAMETER

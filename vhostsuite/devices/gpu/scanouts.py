@@ -78,11 +78,11 @@ class Scanouts:
         return K.OK_NODATA
 
     def flush(self, cmd: K.ResourceFlush) -> K.Reply:
-        res = self.resources.get(cmd.resource_id)
+        x, y, w, h, rid, _ = cmd
+        res = self.resources.by_id.get(rid)
         if res is None:
             return K.ERR_INVALID_RESOURCE_ID
-        x, y, w, h = cmd.x, cmd.y, cmd.width, cmd.height
-        if not res.contains(x, y, w, h):
+        if x + w > res.width or y + h > res.height:
             return K.ERR_INVALID_PARAMETER
         if res.scanouts and self.display is not None:
             for sid in sorted(res.scanouts):
@@ -125,7 +125,8 @@ class Scanouts:
                 rows = [res.view[o : o + n] for o in range(start, start + stride * h, stride)]
         else:
             n = w * h * 4
-            if len(self._staging) < n:
+            if len(self._staging) < n or self.display.output_waiting:
+                # the display channel may still hold the last one: never overwrite it
                 self._staging = bytearray(n)
             pixels.swizzle_rect(res.swizzle, res.view, start, stride, self._staging, 0, w * 4, w, h)
             rows = [memoryview(self._staging)[:n]]
