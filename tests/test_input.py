@@ -22,6 +22,12 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import child_env, program
+from vhostsuite.core.virtio import (
+    VIRTIO_CONFIG_S_ACKNOWLEDGE,
+    VIRTIO_CONFIG_S_DRIVER,
+    VIRTIO_CONFIG_S_DRIVER_OK,
+    VIRTIO_CONFIG_S_FEATURES_OK,
+)
 from vhostsuite.devices.input import config as C
 from vhostsuite.devices.input.sources import EvdevSource, SourceGone, VirtualSource, describe
 from vhostsuite.testing.frontend import DriverQueue, FrontendError
@@ -419,6 +425,20 @@ def test_reset_discards_queued_events(virtual) -> None:
     post(evq, 8)
     ctl.events([(1, 31, 1), SYN])
     assert read_events(evq, 2) == [(1, 31, 1), SYN]
+
+
+def test_status_0_on_running_rings_keeps_serving(virtual) -> None:
+    """A front-end that resets the device (SET_STATUS 0) without stopping the rings first: the
+    empty buffers the device held are popped again, and events still reach the guest in order."""
+    be, fe, evq, stq, ctl = virtual("keyboard")
+    post(evq, 8)  # held by the device, waiting for events
+    fe.get_features()
+    fe.set_status(0)
+    fe.set_status(VIRTIO_CONFIG_S_ACKNOWLEDGE | VIRTIO_CONFIG_S_DRIVER | VIRTIO_CONFIG_S_FEATURES_OK
+                  | VIRTIO_CONFIG_S_DRIVER_OK)  # fmt: skip
+    ctl.events([(1, 30, 1), SYN, (1, 30, 0), SYN])
+    assert read_events(evq, 4) == [(1, 30, 1), SYN, (1, 30, 0), SYN]
+    assert be.proc.poll() is None
 
 
 def test_fd_mode(virtual) -> None:

@@ -495,7 +495,11 @@ class Connection:
     def set_status(self, payload: bytes, fds: list[int]) -> None:
         status = P.decode_u64(payload) & 0xFF
         if status == 0 and self.status != 0:
+            # A device reset. QEMU stops the rings first; a front-end that does not gets its
+            # running rings rewound past what was in flight, which the reset device forgot.
+            self._detach_rings()
             self.device.reset()
+            self._run_started_rings()
         self.status = status | (self.status & VIRTIO_CONFIG_S_NEEDS_RESET if status else 0)
 
     def get_status(self, payload: bytes, fds: list[int]) -> bytes:

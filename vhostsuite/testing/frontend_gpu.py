@@ -88,11 +88,7 @@ class GpuDisplay:
     # -- set-up --------------------------------------------------------------------------
     def attach(self, fe: Frontend) -> None:
         """Hand our peer end to the back-end (GPU_SET_SOCKET), then a round trip so it was handled."""
-        try:
-            fe.call(P.Request.GPU_SET_SOCKET, b"", [self.peer.fileno()])
-        finally:
-            self.peer.close()
-        fe.get_features()
+        set_socket(fe, self.peer)
 
     def close(self) -> None:
         if self.closed:
@@ -417,6 +413,16 @@ def wait_until(pred: Callable[[], bool], timeout: float = 5.0) -> bool:
     return pred()
 
 
+def set_socket(fe: Frontend, peer: socket.socket) -> None:
+    """GPU_SET_SOCKET with *peer* (closed here, as QEMU closes its copy), then a round trip so
+    the back-end has handled it."""
+    try:
+        fe.call(P.Request.GPU_SET_SOCKET, b"", [peer.fileno()])
+    finally:
+        peer.close()
+    fe.get_features()
+
+
 class DisplayProcess:
     """A :class:`GpuDisplay` in a process of its own, as QEMU's display is: for tests whose own
     process is too busy (e.g. flooding a ring) for a display thread to keep up fairly."""
@@ -433,11 +439,7 @@ class DisplayProcess:
 
     def attach(self, fe: Frontend) -> None:
         """GPU_SET_SOCKET with the display's end, then a round trip so it was handled."""
-        try:
-            fe.call(P.Request.GPU_SET_SOCKET, b"", [self.peer.fileno()])
-        finally:
-            self.peer.close()
-        fe.get_features()
+        set_socket(fe, self.peer)
 
     def close(self) -> None:
         if not self.peer._closed:  # noqa: SLF001 - never attached
