@@ -905,3 +905,18 @@ def test_pop_batch_raises_for_a_bad_chain(impl: type) -> None:
     vq = g.queue(impl)
     with pytest.raises(RingError, match="a loop"):
         vq.pop_batch(8, 1 << 20)
+
+
+def test_pop_batch_that_empties_the_ring_asks_for_the_next_kick(impl: type) -> None:
+    """A budget that takes exactly what was there: with EVENT_IDX the driver must still be
+    asked to kick for its next buffer, as an empty pop() asks (else it never kicks again)."""
+    g = GuestRing(8)
+    for _ in range(4):
+        g.add_chain([], [8])
+    vq = g.queue(impl, event_idx=True)
+    g.write_u16(g.used_gpa + 2 * virtio.avail_event_word(8), 0)
+    assert len(vq.pop_batch(4, 1 << 20)) == 4
+    assert g.avail_event() == 4
+    g.add_chain([], [8])
+    assert len(vq.pop_batch(1, 1 << 20)) == 1  # stopped by the budget, emptied: asked again
+    assert g.avail_event() == 5

@@ -692,17 +692,22 @@ cdef class Virtqueue:
 
     def pop_batch(self, Py_ssize_t max_chains, Py_ssize_t max_bytes):
         """What pop() repeated gives, up to *max_chains* chains or until their buffers add up
-        to *max_bytes* (at least one chain if any is available), as a list."""
+        to *max_bytes* (at least one chain if any is available), as a list. Stopped by the
+        budget with nothing left, it asks for the next kick as pop() does on an empty ring."""
         cdef list out = []
         cdef Py_ssize_t nbytes = 0
         cdef Chain c
         while len(out) < max_chains and (nbytes < max_bytes or not out):
             chain = self._pop()
             if chain is None:
-                break
+                return out
             c = <Chain>chain
             out.append(c)
             nbytes += c.read_size + c.write_size
+        if self.event_idx and self._pending() == 0:
+            self._check_used_writable()
+            vs_st16(self._used + 4 + _USED_ELEM_SIZE * self.num, self._last_avail)
+            vs_fence_full()
         return out
 
     def unpop(self, Py_ssize_t n):

@@ -192,15 +192,18 @@ class Virtqueue:
 
     def pop_batch(self, max_chains: int, max_bytes: int) -> list[Chain]:
         """What pop() repeated gives, up to *max_chains* chains or until their buffers add up
-        to *max_bytes* (at least one chain if any is available), as a list."""
+        to *max_bytes* (at least one chain if any is available), as a list. Stopped by the
+        budget with nothing left, it asks for the next kick as pop() does on an empty ring."""
         out: list[Chain] = []
         nbytes = 0
         while len(out) < max_chains and (nbytes < max_bytes or not out):
             chain = self.pop()
             if chain is None:
-                break
+                return out
             out.append(chain)
             nbytes += chain.read_size + chain.write_size
+        if self.event_idx and self.pending() == 0:
+            self._used16[avail_event_word(self.num)] = self.last_avail_idx
         return out
 
     def unpop(self, n: int) -> None:
