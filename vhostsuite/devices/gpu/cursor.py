@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING
 
 import cairo
 
+from ...core.guestlog import GuestLog
 from . import commands as K
 from . import pixels
 from . import wire as W
@@ -16,13 +17,14 @@ if TYPE_CHECKING:
     from .display import DisplayChannel
 
 log = logging.getLogger("vhostsuite.gpu")
+guest_log = GuestLog(log)
 
 
 def update_cursor(cmd: K.UpdateCursor, resources: Resources, display: DisplayChannel | None) -> None:
     """Move, hide or change the cursor of a scanout (cursor commands have no error response)."""
     sid = cmd.scanout_id
     if sid >= W.VIRTIO_GPU_MAX_SCANOUTS:
-        log.warning("cursor command for scanout %d ignored", sid)
+        guest_log.warn("cursor scanout", "cursor command for scanout %d ignored", sid)
         return
     if cmd.move or cmd.resource_id == 0:
         if display is not None:
@@ -30,7 +32,7 @@ def update_cursor(cmd: K.UpdateCursor, resources: Resources, display: DisplayCha
         return
     res = resources.get(cmd.resource_id)
     if res is None:
-        log.warning("cursor update with unknown resource %d ignored", cmd.resource_id)
+        guest_log.warn("cursor resource", "cursor update with unknown resource %d ignored", cmd.resource_id)
         return
     if display is not None:
         display.cursor_update(sid, cmd.x, cmd.y, cmd.hot_x, cmd.hot_y, cursor_image(res))

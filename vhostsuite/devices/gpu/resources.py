@@ -14,6 +14,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from ...core.errors import GuestMemoryError
+from ...core.guestlog import GuestLog
 from . import commands as K
 from . import pixels
 from . import wire as W
@@ -22,6 +23,7 @@ if TYPE_CHECKING:
     from ...core.memory import GuestMemory
 
 log = logging.getLogger("vhostsuite.gpu")
+guest_log = GuestLog(log)
 
 #: What a backing entry costs against --max-hostmem (its views and bookkeeping).
 BACKING_ENTRY_COST = 256
@@ -92,8 +94,8 @@ class Resources:
             return K.ERR_INVALID_PARAMETER
         size = cmd.width * cmd.height * W.BYTES_PER_PIXEL
         if self.hostmem + size > self.max_hostmem:
-            log.warning("resource %d of %d bytes: over --max-hostmem (%d of %d in use)", rid, size, self.hostmem,
-                        self.max_hostmem)
+            guest_log.warn("max-hostmem", "resource %d of %d bytes: over --max-hostmem (%d of %d in use)", rid, size,
+                           self.hostmem, self.max_hostmem)
             return K.ERR_OUT_OF_MEMORY
         try:
             res = Resource(rid, cmd.format, cmd.width, cmd.height)
@@ -145,7 +147,7 @@ class Resources:
             for addr, length in runs:
                 views.extend(mem.gpa_views(addr, length))
         except GuestMemoryError as e:
-            log.warning("resource %d: backing refused: %s", res.id, e)
+            guest_log.warn("backing", "resource %d: backing refused: %s", res.id, e)
             return K.ERR_UNSPEC
         res.backing = pixels.PageList(views)
         res.backing_cost = cost
@@ -173,6 +175,6 @@ class Resources:
         try:
             pixels.copy_rect(res.backing, offset, stride, res.data, y * stride + x * 4, stride, w * 4, h)
         except ValueError as e:
-            log.warning("resource %d: transfer refused: %s", res.id, e)
+            guest_log.warn("transfer", "resource %d: transfer refused: %s", res.id, e)
             return K.ERR_INVALID_PARAMETER
         return K.OK_NODATA

@@ -57,6 +57,7 @@ from typing import TYPE_CHECKING, Any
 
 from ...core.device import PENDING, Device, QueueSpec, Response
 from ...core.errors import RingError
+from ...core.guestlog import GuestLog
 from ...core.virtio import VIRTIO_ID_INPUT
 from . import config as C
 from .sources import Event, EventSource
@@ -65,6 +66,7 @@ if TYPE_CHECKING:
     from ...core.ring import Chain
 
 log = logging.getLogger("vhostsuite.input")
+guest_log = GuestLog(log)
 
 EVENT_QUEUE = 0
 STATUS_QUEUE = 1
@@ -283,7 +285,7 @@ class InputDevice(Device):
             raise RingError(f"status queue buffer with {chain.write_size} device-writable bytes")
         data = chain.read()
         if len(data) % _EVENT.size:
-            self._warn_once("status-size", f"status buffer of {len(data)} bytes: trailing bytes ignored")
+            guest_log.warn("status size", "status buffer of %d bytes: trailing bytes ignored", len(data))
         out: list[Event] = []
         for i in range(0, len(data) - _EVENT.size + 1, _EVENT.size):
             t, c, v = _EVENT.unpack_from(data, i)
@@ -294,16 +296,12 @@ class InputDevice(Device):
                 # on the status queue; passing them on would make a loop with a grabbed device.
                 pass
             else:
-                self._warn_once(f"status-{t}", f"guest sent a status event of type {t:#x} the device lacks")
+                guest_log.warn("status type", "guest sent a status event of type %#x the device lacks", t)
         if out:
             self.status_events += len(out)
             self.source.write_status(out)
         return None
 
-    def _warn_once(self, key: str, msg: str) -> None:
-        if key not in self._warned:
-            self._warned.add(key)
-            log.warning("%s", msg)
 
 
 class ConfigView(C.ConfigSpace):

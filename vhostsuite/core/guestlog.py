@@ -1,0 +1,45 @@
+"""Warnings that a guest can cause, rate-limited, so a guest can't write thousands of lines a
+second into the host's logs.
+
+The first :data:`BURST` warnings of each kind are logged as they come; after that, at most one
+line per :data:`INTERVAL` seconds per kind says how many were left out and shows the latest.
+Kinds are fixed names in the code (never values from the guest), so the bookkeeping is bounded.
+With debug logging on (``-vv``) every warning is logged.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+BURST = 5
+INTERVAL = 5.0
+
+
+class GuestLog:
+    def __init__(self, log: logging.Logger) -> None:
+        self.log = log
+        #: kind -> [warnings so far, left out since the last summary, when that summary was]
+        self._kinds: dict[str, list] = {}
+
+    def warn(self, kind: str, msg: str, *args: object) -> None:
+        """Log *msg* % *args* unless this *kind* already had its share."""
+        if self.log.isEnabledFor(logging.DEBUG):
+            self.log.warning(msg, *args)
+            return
+        now = time.monotonic()
+        state = self._kinds.get(kind)
+        if state is None:
+            state = self._kinds[kind] = [0, 0, now]
+        state[0] += 1
+        if state[0] <= BURST:
+            self.log.warning(msg, *args)
+            if state[0] == BURST:
+                self.log.warning("(more '%s' warnings are counted, one line every %.0f s)", kind, INTERVAL)
+            return
+        state[1] += 1
+        if now - state[2] >= INTERVAL:
+            summary = "%d more '%s' warnings in %.0f s; the latest: " + msg
+            self.log.warning(summary, state[1], kind, now - state[2], *args)
+            state[1] = 0
+            state[2] = now
