@@ -973,3 +973,65 @@ def test_code_names_prefer_real_names_to_aliases() -> None:
     assert C.code_name(C.EV_REP, 1) == "REP_PERIOD"  # not its alias REP_MAX
     assert C.code_name(C.EV_LED, 1) == "LED_CAPSL"
     assert C.code_name(C.EV_KEY, 30) == "KEY_A"
+
+
+def test_deeply_nested_json_is_an_error_reply(virtual) -> None:
+    be, fe, evq, stq, ctl = virtual("keyboard")
+    depth = 100_000
+    ctl.send_raw(b"[" * depth + b"]" * depth + b"\n")
+    err = ctl.wait(lambda m: "error" in m)
+    assert "nested too deeply" in err["error"]
+    post(evq, 4)
+    ctl.events([(1, 30, 1), SYN])  # the device was not touched
+    assert read_events(evq, 2) == [(1, 30, 1), SYN]
+    assert fe.get_status() & 0x40 == 0  # not NEEDS_RESET
+    assert be.proc.poll() is None
+
+
+def test_control_clients_are_capped(virtual, tmp_path: Path) -> None:
+    from vhostsuite.devices.input.sources import MAX_CLIENTS
+
+    be, fe, evq, stq, ctl = virtual("keyboard")
+    path = str(tmp_path / "ctl-0.sock")
+    more = [Control(path) for _ in range(MAX_CLIENTS - 1)]  # with ctl: the limit
+    for c in more:
+        assert "state" in c.request({"query": "state"})
+    extra = Control(path)
+    assert "too many control clients" in extra.wait(lambda m: "error" in m)["error"]
+    with pytest.raises(EOFError):
+        extra.wait(lambda m: False, timeout=2)
+    more[0].close()
+    time.sleep(0.1)
+    again = Control(path)  # a place is free again
+    assert "state" in again.request({"query": "state"})
+    for c in [*more[1:], extra, again]:
+        c.close()
+
+
+def test_accept_without_fds_backs_off(virtual, tmp_path: Path) -> None:
+    """Out of fds, the control socket rests instead of spinning on the queued connection, and
+    serves it once fds are back."""
+    import resource
+
+    be, fe, evq, stq, ctl = virtual("keyboard")
+    fds = len(os.listdir(f"/proc/{be.proc.pid}/fd"))
+    soft, hard = resource.prlimit(be.proc.pid, resource.RLIMIT_NOFILE)
+    resource.prlimit(be.proc.pid, resource.RLIMIT_NOFILE, (fds, hard))
+    cpu0 = _cpu(be.proc.pid)
+    waiting = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    waiting.connect(str(tmp_path / "ctl-0.sock"))  # queued: accept() gets EMFILE
+    time.sleep(2.5)
+    assert _cpu(be.proc.pid) - cpu0 < 0.5, "the accept path spun"
+    assert len([line for line in be.stderr().splitlines() if "accept failed" in line]) <= 4
+    assert fe.get_features()  # the vhost-user socket is served meanwhile
+    resource.prlimit(be.proc.pid, resource.RLIMIT_NOFILE, (soft, hard))
+    waiting.sendall(json.dumps({"query": "state", "id": 1}).encode() + b"\n")
+    waiting.settimeout(5)
+    assert json.loads(waiting.recv(65536).splitlines()[0])["id"] == 1
+    waiting.close()
+
+
+def _cpu(pid: int) -> float:
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")

@@ -56,6 +56,10 @@ Sink = Callable[[list[Event]], None]
 
 #: Longest control-socket line accepted.
 MAX_LINE = 4 << 20
+#: Control clients served at once; one more is told so and closed.
+MAX_CLIENTS = 16
+#: After accept() fails for want of fds, the listener rests this long instead of spinning.
+ACCEPT_BACKOFF = 1.0
 #: Output a client may leave unread before it is dropped.
 MAX_OUTPUT = 1 << 20
 #: Most events read from an evdev device per wake-up, so that the guest's kicks get a turn.
@@ -246,13 +250,28 @@ class VirtualSource:
         except (BlockingIOError, InterruptedError):
             return
         except OSError as e:
-            log.warning("control socket: accept failed: %s", e)
+            # EMFILE/ENFILE/ENOMEM: the connection stays queued; rest instead of spinning on it.
+            log.warning("control socket: accept failed (%s); retrying in %.0f s", e.strerror or e, ACCEPT_BACKOFF)
+            self.loop.remove_reader(self.listener.fileno())
+            self.loop.call_later(ACCEPT_BACKOFF, self._resume_accept)
+            return
+        if len(self.clients) >= MAX_CLIENTS:
+            try:
+                sock.send(json.dumps({"error": f"too many control clients (at most {MAX_CLIENTS})"}).encode() + b"\n")
+            except OSError:
+                pass
+            sock.close()
+            log.warning("control socket: a client over the limit of %d was turned away", MAX_CLIENTS)
             return
         sock.setblocking(False)
         client = _Client(sock)
         self.clients[sock.fileno()] = client
         self.loop.add_reader(sock.fileno(), lambda: self._on_client(client))
         log.info("control client connected")
+
+    def _resume_accept(self) -> None:
+        if self.listener is not None and self.loop is not None:
+            self.loop.add_reader(self.listener.fileno(), self._on_accept)
 
     def _drop(self, client: _Client, why: str = "") -> None:
         fd = client.sock.fileno()
@@ -301,6 +320,8 @@ class VirtualSource:
                 msg = json.loads(line)
             except (ValueError, UnicodeDecodeError) as e:
                 raise ValueError(f"not valid JSON: {e}") from None
+            except RecursionError:
+                raise ValueError("JSON nested too deeply") from None
             if not isinstance(msg, dict):
                 raise ValueError("a line must be a JSON object")
             rid = msg.get("id")
