@@ -502,6 +502,29 @@ def test_msc_echo_on_status_queue_is_ignored(virtual) -> None:
     assert "type 0x4" not in be.stderr()
 
 
+def test_huge_status_buffer_costs_what_a_small_one_does(virtual) -> None:
+    """A 48 MiB status buffer of LED events: the device reads at most MAX_STATUS_EVENTS of them,
+    so it answers at once and its memory doesn't grow with the length the guest claims."""
+    from vhostsuite.devices.input.device import MAX_STATUS_EVENTS
+
+    be, fe, evq, stq, ctl = virtual("keyboard")
+    rss0 = _rss_kib(be.proc.pid)
+    led = EV.pack(0x11, 1, 1)
+    stq.add([led * ((48 << 20) // EV.size)], [])
+    t0 = time.monotonic()
+    stq.kick()
+    stq.wait_used(1)
+    assert time.monotonic() - t0 < 1.0
+    assert ctl.state()["status_events"] == MAX_STATUS_EVENTS
+    assert _rss_kib(be.proc.pid) - rss0 < 8 << 10  # KiB
+    assert "only the first 64 events read" in be.stderr()
+
+
+def _rss_kib(pid: int) -> int:
+    with open(f"/proc/{pid}/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith("VmRSS:"))
+
+
 def test_evdev_source_writes_only_leds_and_sounds() -> None:
     from evdev import ecodes as e
 

@@ -34,7 +34,8 @@ batches.
 
 Status queue
 ------------
-Each buffer the guest sends holds whole ``virtio_input_event``s (Linux sends one per buffer).
+Each buffer the guest sends holds whole ``virtio_input_event``s (Linux sends one per buffer);
+at most :data:`MAX_STATUS_EVENTS` are read from one buffer, the rest is ignored (with a warning).
 EV_SYN and the EV_LED, EV_SND, EV_REP and EV_FF events of types the device declared go to the
 source: the host evdev device gets EV_LED, EV_SND and EV_SYN written to it; the control socket
 reports them all. Linux guests also echo every EV_MSC they receive back to the status queue;
@@ -72,6 +73,9 @@ EVENT_QUEUE = 0
 STATUS_QUEUE = 1
 #: Status event types passed to the source (besides EV_SYN), if the device declares them.
 STATUS_TYPES = frozenset({C.EV_LED, C.EV_SND, C.EV_REP, C.EV_FF})
+#: Events read from one status-queue buffer (Linux sends one per buffer); the rest is ignored,
+#: so what a buffer costs does not depend on the length the guest claims.
+MAX_STATUS_EVENTS = 64
 #: Default bound on events waiting for the guest.
 MAX_PENDING = 8192
 #: After a batch the device waits for the guest to return buffers; a driver that returns none
@@ -283,8 +287,12 @@ class InputDevice(Device):
         """Events the guest writes to the device (LEDs, sounds, ...); returned with length 0."""
         if chain.write_size:
             raise RingError(f"status queue buffer with {chain.write_size} device-writable bytes")
-        data = chain.read()
-        if len(data) % _EVENT.size:
+        # Linux sends one event per buffer; more than a batch's worth is a guest making us work.
+        data = chain.read(MAX_STATUS_EVENTS * _EVENT.size)
+        if chain.read_size > len(data):
+            guest_log.warn("status size", "status buffer of %d bytes: only the first %d events read",
+                           chain.read_size, MAX_STATUS_EVENTS)  # fmt: skip
+        elif len(data) % _EVENT.size:
             guest_log.warn("status size", "status buffer of %d bytes: trailing bytes ignored", len(data))
         out: list[Event] = []
         for i in range(0, len(data) - _EVENT.size + 1, _EVENT.size):
