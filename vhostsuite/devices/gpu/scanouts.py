@@ -1,7 +1,8 @@
 """Scanouts: which resource rectangle each of the 16 outputs shows, and what goes to the display.
 
-A flush converts only the flushed rectangle to x8r8g8b8 for the display's UPDATE, or sends
-the resource's own rows when the format already is (B8G8R8A8/X8): scatter-gather, no copy.
+A flush sends the resource's own rows when they are whole and already x8r8g8b8 (B8G8R8A8/X8):
+no copy. Otherwise it copies the flushed rectangle once, converted to x8r8g8b8, into a staging
+buffer: O(1) objects per UPDATE whatever the rectangle's shape.
 SCANOUT goes to a display before its first UPDATE, and again to every new display.
 """
 
@@ -16,6 +17,11 @@ from .resources import Resource, Resources
 
 if TYPE_CHECKING:
     from .display import DisplayChannel
+
+
+#: The largest staging buffer kept between flushes (a 1080p frame's worth); larger ones are
+#: released after use.
+STAGING_KEEP = 1920 * 1080 * 4
 
 
 class Scanout:
@@ -116,18 +122,18 @@ class Scanouts:
             return
         stride = res.stride
         start = y * stride + x * 4
-        if res.swizzle == W.SWIZZLE_NONE:
-            # already x8r8g8b8: the resource's own rows, scatter-gather, no copy
-            if w == res.width:
-                rows = [res.view[start : start + stride * h]]
-            else:
-                n = w * 4
-                rows = [res.view[o : o + n] for o in range(start, start + stride * h, stride)]
+        if res.swizzle == W.SWIZZLE_NONE and w == res.width:
+            # already x8r8g8b8 and whole rows: the resource's own memory, no copy
+            pix = res.view[start : start + stride * h]
         else:
+            # one copy (converted where needed) into the staging buffer: O(1) objects whatever
+            # the rectangle's shape (a view per row of a tall, narrow one would cost ~50x its pixels)
             n = w * h * 4
             if len(self._staging) < n or self.display.output_waiting:
                 # the display channel may still hold the last one: never overwrite it
                 self._staging = bytearray(n)
             pixels.swizzle_rect(res.swizzle, res.view, start, stride, self._staging, 0, w * 4, w, h)
-            rows = [memoryview(self._staging)[:n]]
-        self.display.update(sid, x - sc.x, y - sc.y, w, h, *rows)
+            pix = memoryview(self._staging)[:n]
+        self.display.update(sid, x - sc.x, y - sc.y, w, h, pix)
+        if len(self._staging) > STAGING_KEEP and not self.display.output_waiting:
+            self._staging = bytearray()  # a large one is not kept for the next flush
