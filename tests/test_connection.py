@@ -466,3 +466,80 @@ def test_probe_tool(tmp_path):
     r = subprocess.run([sys.executable, "-m", PROBE, str(tmp_path / "none.sock"), "--timeout=0.2"],
                        capture_output=True, text=True, env=child_env(), timeout=20)  # fmt: skip
     assert r.returncode == 1 and "none.sock" in r.stderr
+
+
+def _cpu(pid: int) -> float:
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def test_silent_connections_are_capped_oldest_first(tmp_path):
+    from vhostsuite.program.server import MAX_SILENT
+
+    path = tmp_path / "rng.sock"
+    be = Backend([*program(RNG), f"--socket-path={path}"], tmp_path)
+    silent = []
+    try:
+        be.wait_listening(path)
+        base = len(os.listdir(f"/proc/{be.proc.pid}/fd"))
+        for _ in range(100):
+            s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            s.connect(str(path))  # blocking: waits while the listener's backlog is full
+            s.settimeout(5)
+            silent.append(s)
+        time.sleep(0.3)
+        assert len(os.listdir(f"/proc/{be.proc.pid}/fd")) <= base + MAX_SILENT
+        assert silent[0].recv(1) == b""  # the oldest were dropped
+        with Frontend.connect(str(path)) as fe:  # a front-end that speaks is served
+            assert alive(fe)
+    finally:
+        for s in silent:
+            s.close()
+        be.stop()
+
+
+def test_accept_without_fds_rests_instead_of_spinning(tmp_path):
+    import resource
+
+    path = tmp_path / "rng.sock"
+    be = Backend([*program(RNG), f"--socket-path={path}"], tmp_path)
+    try:
+        be.wait_listening(path)
+        fds = len(os.listdir(f"/proc/{be.proc.pid}/fd"))
+        soft, hard = resource.prlimit(be.proc.pid, resource.RLIMIT_NOFILE)
+        resource.prlimit(be.proc.pid, resource.RLIMIT_NOFILE, (fds, hard))
+        cpu0 = _cpu(be.proc.pid)
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.connect(str(path))  # queued: accept() gets EMFILE and has no silent one to drop
+        time.sleep(2.5)
+        assert _cpu(be.proc.pid) - cpu0 < 0.5, "the accept path spun"
+        assert len([line for line in be.stderr().splitlines() if "accept failed" in line]) <= 4
+        assert be.proc.poll() is None
+        resource.prlimit(be.proc.pid, resource.RLIMIT_NOFILE, (soft, hard))
+        fe = Frontend(sock)  # served once fds are back
+        try:
+            assert alive(fe)
+        finally:
+            fe.close()
+    finally:
+        be.stop()
+
+
+def test_fds_lost_for_want_of_fds_are_reported_as_such(spawn):
+    """A message whose fds the kernel could not pass because the back-end has none left: a
+    clear message and status 1, not 'more than 8 fds'."""
+    import resource
+
+    be, fe = spawn(RNG)
+    fe.initialize()
+    fds = len(os.listdir(f"/proc/{be.proc.pid}/fd"))
+    hard = resource.prlimit(be.proc.pid, resource.RLIMIT_NOFILE)[1]
+    resource.prlimit(be.proc.pid, resource.RLIMIT_NOFILE, (fds, hard))
+    call = os.eventfd(0)
+    try:
+        fe.send(P.Request.SET_VRING_CALL, P.U64.pack(0), [call])
+    finally:
+        os.close(call)
+    assert be.wait() == 1
+    assert "fds left" in be.stderr() and "more than 8" not in be.stderr()

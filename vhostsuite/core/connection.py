@@ -15,8 +15,10 @@ GPU_SET_SOCKET) through ``Device.requests``.
 from __future__ import annotations
 
 import array
+import errno
 import logging
 import os
+import resource
 import socket
 from collections.abc import Callable
 
@@ -160,7 +162,7 @@ class Connection:
             raise Disconnected()
         try:
             if msg_flags & socket.MSG_CTRUNC:
-                raise FatalProtocolError(f"message carries more than {P.MAX_FDS} fds")
+                raise FatalProtocolError(_fds_cut_short())
             if len(data) < P.HEADER.size:
                 data += self._recv_exact(P.HEADER.size - len(data))
             request, flags, size = P.HEADER.unpack(data)
@@ -510,6 +512,21 @@ class Connection:
 
     def set_log_base(self, payload: bytes, fds: list[int]) -> None:
         raise Failed("dirty logging (migration) is not supported")
+
+
+def _fds_cut_short() -> str:
+    """Why the kernel cut a message's fds short (MSG_CTRUNC): too many of them, or too few left here."""
+    lost = "a message's fds were cut short (MSG_CTRUNC)"
+    limit = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    try:
+        free = limit - (len(os.listdir("/proc/self/fd")) - 1)  # the listing's own fd is gone again
+    except OSError as e:
+        if e.errno in (errno.EMFILE, errno.ENFILE):
+            return f"{lost}: this process has no fds left (limit {limit})"
+        free = P.MAX_FDS
+    if free < P.MAX_FDS:
+        return f"{lost}: this process has only {free} fds left (limit {limit})"
+    return f"{lost}: it carries more than {P.MAX_FDS} fds"
 
 
 def _fds_from_ancdata(ancdata: list[tuple[int, int, bytes]]) -> list[int]:

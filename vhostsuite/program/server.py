@@ -74,11 +74,24 @@ def serve(args: argparse.Namespace, make_device: Callable[[argparse.Namespace], 
         loop.close()
 
 
+#: Connections to --socket-path that have not sent anything yet, kept at once; one more drops
+#: the oldest (a front-end speaks at once; one that stays silent holds an fd for nothing).
+MAX_SILENT = 16
+#: After accept() fails for want of fds with none of ours to give back, rest this long.
+ACCEPT_BACKOFF = 1.0
+
+
 def _accept(loop: Loop, listener: socket.socket) -> socket.socket:
     """The first connection that sends something. One that hangs up before its first byte
-    (e.g. another instance probing whether the path is live) is dropped, and we keep waiting."""
+    (e.g. another instance probing whether the path is live) is dropped, and we keep waiting;
+    so is the oldest silent one when :data:`MAX_SILENT` wait, or when fds run out."""
     accepted: list[socket.socket] = []
     pending: list[socket.socket] = []
+
+    def drop_oldest() -> None:
+        s = pending.pop(0)
+        loop.remove_reader(s.fileno())
+        s.close()
 
     def on_data(s: socket.socket) -> None:
         loop.remove_reader(s.fileno())
@@ -93,11 +106,24 @@ def _accept(loop: Loop, listener: socket.socket) -> socket.socket:
         accepted.append(s)
         loop.stop()
 
+    def resume() -> None:
+        loop.add_reader(listener.fileno(), on_accept)
+
     def on_accept() -> None:
         try:
             s, _ = listener.accept()
         except (BlockingIOError, InterruptedError):
             return
+        except OSError as e:  # EMFILE, ENFILE, ENOMEM: the connection stays queued
+            if pending:
+                drop_oldest()  # give an fd back and take the queued one on the next turn
+                return
+            log.warning("accept failed (%s); retrying in %.0f s", e.strerror or e, ACCEPT_BACKOFF)
+            loop.remove_reader(listener.fileno())
+            loop.call_later(ACCEPT_BACKOFF, resume)
+            return
+        if len(pending) >= MAX_SILENT:
+            drop_oldest()
         pending.append(s)
         loop.add_reader(s.fileno(), lambda: on_data(s))
 
