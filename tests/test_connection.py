@@ -261,6 +261,29 @@ def test_truncated_message_then_hangup_exits_cleanly(spawn):
     assert "hung up" in be.stderr()
 
 
+def test_a_dripped_message_runs_out_of_time_as_a_whole(spawn):
+    """The 5 s are for the whole message: a byte every 0.5 s (each recv() well within 5 s)
+    still ends the connection about 5 s after the message began, with status 1."""
+    from vhostsuite.core.connection import PAYLOAD_TIMEOUT
+
+    be, fe = spawn(RNG)
+    message = P.HEADER.pack(P.Request.SET_VRING_NUM, 1, 8) + P.VRING_STATE.pack(0, 8)
+    fe.sock.sendall(message[:1])
+    t0 = time.monotonic()
+    for byte in message[1:]:
+        time.sleep(0.5)
+        try:
+            fe.sock.sendall(bytes([byte]))
+        except OSError:
+            break
+        if be.proc.poll() is not None:
+            break
+    assert be.wait(PAYLOAD_TIMEOUT + 5) == 1
+    took = time.monotonic() - t0
+    assert PAYLOAD_TIMEOUT - 0.5 < took < PAYLOAD_TIMEOUT + 2, took
+    assert "message truncated" in be.stderr()
+
+
 def test_hangup_ends_with_status_0(spawn, tmp_path):
     be, fe = spawn(RNG)
     fe.initialize()

@@ -20,6 +20,7 @@ import logging
 import os
 import resource
 import socket
+import time
 from collections.abc import Callable
 
 from . import protocol as P
@@ -58,7 +59,8 @@ CORE_FEATURES = (
     | bit(P.VHOST_USER_F_PROTOCOL_FEATURES)
 )
 
-#: How long the rest of a message may take to arrive once its header did.
+#: How long the rest of a message may take to arrive once its first bytes did, all of it
+#: (not per recv(): a front-end that drips a byte now and then still runs out of time).
 PAYLOAD_TIMEOUT = 5.0
 
 _CMSG_SPACE = socket.CMSG_SPACE(P.MAX_FDS * array.array("i").itemsize)
@@ -160,33 +162,38 @@ class Connection:
         if not data:
             close_fds(fds)
             raise Disconnected()
+        deadline = time.monotonic() + PAYLOAD_TIMEOUT
         try:
             if msg_flags & socket.MSG_CTRUNC:
                 raise FatalProtocolError(_fds_cut_short())
             if len(data) < P.HEADER.size:
-                data += self._recv_exact(P.HEADER.size - len(data))
+                data += self._recv_exact(P.HEADER.size - len(data), deadline)
             request, flags, size = P.HEADER.unpack(data)
             if size > P.MAX_PAYLOAD_SIZE:
                 raise FatalProtocolError(f"message {request} with a payload of {size} bytes")
             if flags & P.VERSION_MASK != P.VERSION:
                 raise FatalProtocolError(f"message {request} with version {flags & P.VERSION_MASK}")
-            payload = self._recv_exact(size) if size else b""
+            payload = self._recv_exact(size, deadline) if size else b""
         except BaseException:
             close_fds(fds)
             raise
         return P.Message(request, flags, payload, tuple(fds))
 
-    def _recv_exact(self, n: int) -> bytes:
+    def _recv_exact(self, n: int, deadline: float) -> bytes:
+        """*n* more bytes of the message being read, all of them before *deadline*."""
         buf = bytearray()
-        self.sock.settimeout(PAYLOAD_TIMEOUT)
         try:
             while len(buf) < n:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise FatalProtocolError(
+                        f"message truncated: {len(buf)} of {n} bytes after {PAYLOAD_TIMEOUT}s"
+                    )
+                self.sock.settimeout(left)
                 try:
                     chunk = self.sock.recv(n - len(buf))
                 except TimeoutError:
-                    raise FatalProtocolError(
-                        f"message truncated: {len(buf)} of {n} bytes after {PAYLOAD_TIMEOUT}s"
-                    ) from None
+                    continue  # the deadline check above says so
                 except ConnectionResetError:
                     raise Disconnected() from None
                 if not chunk:
