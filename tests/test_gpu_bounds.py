@@ -3,9 +3,12 @@ flush costs O(1) Python objects whatever the rectangle's shape."""
 
 from __future__ import annotations
 
+import socket
+import time
+
 from vhostsuite.devices.gpu import wire as W
 from vhostsuite.devices.gpu.resources import RESOURCE_COST
-from vhostsuite.testing.frontend_gpu import GpuDisplay, hdr, open_gpu
+from vhostsuite.testing.frontend_gpu import GpuDisplay, GpuDriver, hdr, open_gpu, set_socket
 
 BGRX = W.VIRTIO_GPU_FORMAT_B8G8R8X8_UNORM
 OK = W.VIRTIO_GPU_RESP_OK_NODATA
@@ -51,3 +54,32 @@ def test_tall_narrow_flush_costs_no_object_per_row(spawn) -> None:
         display.wait_updates(before + 1, 10)
         assert _status(be.proc.pid, "VmHWM:") - peak0 < 8 << 10  # KiB
         assert not display.errors
+
+
+def test_a_display_that_reads_nothing_is_dropped_and_the_guest_still_served(spawn) -> None:
+    """Full frames to a display socket nobody reads: sends never block the loop, the output
+    waiting is bounded, and after --display-timeout without progress the display is dropped
+    (logged); vhost-user requests and GPU commands are answered all along."""
+    be, fe = spawn("vhost-user-gpu", "--display-timeout=1")
+    ours, peer = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        fe.initialize()
+        set_socket(fe, peer)  # QEMU's end (ours) is never read
+        ctrl, cursor = fe.start([64, 16])
+        drv = GpuDriver(fe, ctrl, cursor, timeout=10)
+        w, h = 1920, 1080
+        drv.make_resource(1, BGRX, w, h, bytes(w * h * 4))
+        assert drv.set_scanout(0, 1, 0, 0, w, h) == OK
+        worst = 0.0
+        t_end = time.monotonic() + 3
+        while time.monotonic() < t_end:
+            assert drv.flush(1, 0, 0, w, h) == OK  # 8 MiB UPDATEs that nobody takes
+            t0 = time.perf_counter()
+            fe.get_features()
+            worst = max(worst, time.perf_counter() - t0)
+        assert worst < 0.1, f"a vhost-user answer took {worst * 1000:.0f} ms"
+        assert "closing the display socket" in be.stderr()
+        assert _status(be.proc.pid, "VmRSS:") < 200 << 10  # KiB: the output waiting was bounded
+        assert be.proc.poll() is None
+    finally:
+        ours.close()
