@@ -87,6 +87,51 @@ def test_installed_package_uses_the_compiled_ring() -> None:
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd="/", timeout=30)
     assert r.returncode == 0, f"vhostsuite is not installed (run `make build`): {r.stderr}"
     pkg, ext, flags = r.stdout.splitlines()
-    assert "site-packages" in pkg and not pkg.startswith(str(ROOT)), pkg
-    assert ext.endswith(".so") and "site-packages" in ext, ext
+    assert ("site-packages" in pkg or "dist-packages" in pkg) and not pkg.startswith(str(ROOT)), pkg
+    assert ext.endswith(".so") and ("site-packages" in ext or "dist-packages" in ext), ext
     assert flags == "True False"
+
+
+def test_installed_tree_keeps_the_guest_kit_sources_not_the_cython_ones(installed: Path) -> None:
+    pkg = installed / "usr/lib/vhostsuite/python/vhostsuite"
+    assert (pkg / "testing/guest_src/gpu-draw.c").is_file()
+    assert (pkg / "testing/guest_src/vhs.h").is_file()
+    assert not [*pkg.rglob("*.pyx"), *pkg.rglob("*.pxd"), *pkg.rglob("_ring.c"), *pkg.rglob("_pixels.c")]
+
+
+@pytest.mark.skipif(NO_EXTENSIONS, reason="VHOSTSUITE_NO_EXTENSIONS=1 installs no compiled extensions")
+def test_unusable_extensions_are_said_and_the_program_still_serves(installed: Path, tmp_path: Path) -> None:
+    """Extensions that don't load (built for another interpreter, damaged): --version and a
+    warning at start-up say so, and the pure-Python twins serve."""
+    from vhostsuite.testing.backend import Backend
+    from vhostsuite.testing.frontend import Frontend
+
+    moved = tmp_path / "moved"
+    shutil.copytree(installed, moved, symlinks=True)
+    for so in (moved / "usr/lib/vhostsuite/python/vhostsuite").rglob("_*.so"):
+        so.write_bytes(b"not a shared object")
+    exe = moved / "usr/libexec/vhost-user-rng"
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VHOSTSUITE_NO_EXTENSIONS")}
+    r = subprocess.run([str(exe), "--version"], capture_output=True, text=True, env=env, timeout=30)
+    assert r.returncode == 0 and "can't be used" in r.stdout and "ring:" in r.stdout, r.stdout
+    sock = tmp_path / "rng.sock"
+    be = Backend([str(exe), f"--socket-path={sock}"], tmp_path)
+    try:
+        be.wait_listening(sock)
+        with Frontend.connect(str(sock)) as fe:
+            assert fe.get_features()
+        assert "the compiled extensions can't be used" in be.stderr()
+    finally:
+        be.stop()
+
+
+def test_version_names_the_implementation() -> None:
+    from vhostsuite.testing.backend import child_env, program
+
+    r = subprocess.run([*program("vhost-user-gpu"), "--version"], capture_output=True, text=True, env=child_env(),
+                       timeout=30)  # fmt: skip
+    assert r.returncode == 0
+    if NO_EXTENSIONS:
+        assert "pure-Python ring and pixel copier (VHOSTSUITE_NO_EXTENSIONS=1)" in r.stdout
+    else:
+        assert "compiled (Cython) ring and pixel copier" in r.stdout

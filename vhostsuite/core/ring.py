@@ -9,6 +9,8 @@ from .virtio import ring_sizes
 
 Chain = ChainPy
 Virtqueue = VirtqueuePy
+#: Why the compiled ring could not be used (None: it is in use, or NO_EXTENSIONS asked not to).
+IMPORT_ERROR: str | None = None
 if not NO_EXTENSIONS:
     try:
         from ._ring import Chain as ChainC  # noqa: F401
@@ -16,7 +18,16 @@ if not NO_EXTENSIONS:
 
         Chain = ChainC
         Virtqueue = VirtqueueC
-    except ImportError:  # pragma: no cover - only without a compiler
-        pass
+    except ImportError as e:  # not built, or built for another interpreter
+        IMPORT_ERROR = str(e)
 
-__all__ = ["Chain", "ChainPy", "Virtqueue", "VirtqueuePy", "NO_EXTENSIONS", "ring_sizes", "vring_need_event"]
+__all__ = [
+    "Chain",
+    "ChainPy",
+    "IMPORT_ERROR",
+    "Virtqueue",
+    "VirtqueuePy",
+    "NO_EXTENSIONS",
+    "ring_sizes",
+    "vring_need_event",
+]

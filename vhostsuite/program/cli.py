@@ -14,7 +14,7 @@ import logging
 import sys
 from collections.abc import Callable, Sequence
 
-from .. import __version__
+from .. import NO_EXTENSIONS, __version__
 from ..core.errors import EXIT_FAILURE, EXIT_OK, EXIT_USAGE, StartupError
 
 __all__ = ["EXIT_FAILURE", "EXIT_OK", "EXIT_USAGE", "StartupError", "make_parser", "run"]
@@ -40,8 +40,33 @@ def make_parser(prog: str, description: str, epilog: str | None = None) -> argpa
     )
     p.add_argument("-v", "--verbose", action="count", default=0, help="more logging on stderr (-vv: debug)")
     p.add_argument("-q", "--quiet", action="store_true", help="log errors only")
-    p.add_argument("-V", "--version", action="version", version=f"%(prog)s (vhostsuite) {__version__}")
+    p.add_argument("-V", "--version", action=_Version, help="show the version and what the hot path runs on, and exit")
     return p
+
+
+def implementation() -> tuple[str, str | None]:
+    """What the hot path runs on, and why the compiled extensions are not used if they should be."""
+    from ..core import ring
+    from ..devices.gpu import pixels
+
+    if NO_EXTENSIONS:
+        return "pure-Python ring and pixel copier (VHOSTSUITE_NO_EXTENSIONS=1)", None
+    problems = [f"{what}: {err}" for what, err in (("ring", ring.IMPORT_ERROR), ("pixels", pixels.IMPORT_ERROR)) if err]
+    if not problems:
+        return "compiled (Cython) ring and pixel copier", None
+    return "pure-Python ring and pixel copier: the compiled extensions can't be used", "; ".join(problems)
+
+
+class _Version(argparse.Action):
+    """--version, naming the implementation (imported only when asked for)."""
+
+    def __init__(self, option_strings: Sequence[str], dest: str = argparse.SUPPRESS, **kwargs: object) -> None:
+        super().__init__(option_strings, dest, nargs=0, default=argparse.SUPPRESS, **kwargs)
+
+    def __call__(self, parser: argparse.ArgumentParser, *args: object) -> None:
+        what, why = implementation()
+        sys.stdout.write(f"{parser.prog} (vhostsuite) {__version__}: {what}" + (f" ({why})" if why else "") + "\n")
+        parser.exit()
 
 
 def wants_capabilities(argv: Sequence[str]) -> bool:
@@ -79,6 +104,9 @@ def run(
     args = parser.parse_args(argv)
     check_connection_args(parser, args)
     setup_logging(prog, args.verbose, args.quiet)
+    what, why = implementation()
+    if why:
+        log.warning("%s (%s); it runs several times slower", what, why)
     from .server import serve  # the serving machinery is only imported when we serve
 
     try:

@@ -5,13 +5,15 @@ from ... import NO_EXTENSIONS
 from . import _pixels_py
 
 impl = _pixels_py
+#: Why the compiled copier could not be used (None: it is in use, or NO_EXTENSIONS asked not to).
+IMPORT_ERROR: str | None = None
 if not NO_EXTENSIONS:
     try:
         from . import _pixels as _compiled
 
         impl = _compiled
-    except ImportError:  # pragma: no cover - only without a compiler
-        pass
+    except ImportError as e:  # not built, or built for another interpreter
+        IMPORT_ERROR = str(e)
 
 PageList = impl.PageList
 copy_rect = impl.copy_rect
@@ -19,4 +21,4 @@ swizzle_rect = impl.swizzle_rect
 check_rect = impl.check_rect
 COMPILED = impl is not _pixels_py
 
-__all__ = ["PageList", "copy_rect", "swizzle_rect", "check_rect", "COMPILED", "NO_EXTENSIONS"]
+__all__ = ["PageList", "copy_rect", "swizzle_rect", "check_rect", "COMPILED", "IMPORT_ERROR", "NO_EXTENSIONS"]
