@@ -566,3 +566,33 @@ def test_fds_lost_for_want_of_fds_are_reported_as_such(spawn):
         os.close(call)
     assert be.wait() == 1
     assert "fds left" in be.stderr() and "more than 8" not in be.stderr()
+
+
+def test_memory_file_smaller_than_its_region_is_refused(spawn):
+    be, fe = spawn(RNG)
+    fe.initialize()
+    os.ftruncate(fe.ram.fd, fe.ram.size // 2)  # before the back-end maps it
+    with pytest.raises(FrontendError, match="refused"):
+        fe.start([8])
+    assert "needs" in be.stderr() and "memory file, which has" in be.stderr()
+    assert be.proc.poll() is None
+
+
+def test_memory_that_shrinks_under_the_mapping_is_reported_not_a_silent_sigbus(spawn):
+    """The front-end truncates the memory file after SET_MEM_TABLE; the next access is a SIGBUS.
+    The compiled core names the region and exits 1; the pure twins leave it to faulthandler."""
+    from vhostsuite import NO_EXTENSIONS
+
+    be, fe = spawn(RNG)
+    fe.initialize()
+    (q,) = fe.start([8])
+    os.ftruncate(fe.ram.fd, 0)  # from here on neither side may touch guest RAM
+    q.kick()  # the back-end reads the ring: SIGBUS
+    status = be.wait(10)
+    err = be.stderr()
+    if NO_EXTENSIONS:
+        assert status == -signal.SIGBUS and "Bus error" in err, (status, err[-1000:])
+    else:
+        assert status == 1, (status, err[-1000:])
+        assert "guest memory vanished under the mapping (SIGBUS at 0x" in err
+        assert "region gpa=0x0 size=" in err

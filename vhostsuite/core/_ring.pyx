@@ -25,7 +25,7 @@ from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize
 from cpython.long cimport PyLong_Check
 from cpython.number cimport PyNumber_Index
 from cpython.pyport cimport PY_SSIZE_T_MAX, PY_SSIZE_T_MIN
-from libc.stdint cimport uint16_t, uint32_t, uint64_t
+from libc.stdint cimport uint16_t, uint32_t, uint64_t, uintptr_t
 from libc.stdlib cimport free, malloc, realloc
 from libc.string cimport memcpy
 
@@ -97,6 +97,102 @@ cdef extern from *:
     void vs_st16(char *p, uint16_t v) noexcept nogil
     void vs_st_used_elem(char *p, uint32_t id, uint32_t len) noexcept nogil
     void vs_ld_desc(const char *p, vs_desc *d) noexcept nogil
+
+
+# -- SIGBUS from guest memory ----------------------------------------------------------------
+#
+# A front-end that shrinks a memory file under our mapping turns the next access into SIGBUS,
+# which Python can't survive. The handler (async-signal-safe: write(2) and _exit(2) only) names
+# the guest region the faulting address is in and exits with status 1. Regions are noted in a
+# fixed table as memory.Region maps them and forgotten when it releases them.
+cdef extern from *:
+    """
+    #include <signal.h>
+    #include <unistd.h>
+    #define VS_MAX_MAPS 64
+    static struct { uintptr_t start, end; uint64_t gpa, size; } vs_maps[VS_MAX_MAPS];
+
+    static char *vs_hex(char *p, uint64_t v) {
+        char tmp[16]; int n = 0;
+        do { tmp[n++] = "0123456789abcdef"[v & 15]; v >>= 4; } while (v && n < 16);
+        *p++ = '0'; *p++ = 'x';
+        while (n) *p++ = tmp[--n];
+        return p;
+    }
+    static char *vs_str(char *p, const char *s) { while (*s) *p++ = *s++; return p; }
+
+    static void vs_on_sigbus(int sig, siginfo_t *si, void *uc) {
+        char msg[256], *p = msg;
+        uintptr_t a = (uintptr_t)si->si_addr;
+        int i;
+        (void)sig; (void)uc;
+        p = vs_str(p, "vhostsuite: FATAL: guest memory vanished under the mapping (SIGBUS at ");
+        p = vs_hex(p, a);
+        for (i = 0; i < VS_MAX_MAPS; i++) {
+            if (vs_maps[i].end && a >= vs_maps[i].start && a < vs_maps[i].end) {
+                p = vs_str(p, ", region gpa=");
+                p = vs_hex(p, vs_maps[i].gpa);
+                p = vs_str(p, " size=");
+                p = vs_hex(p, vs_maps[i].size);
+                p = vs_hex(vs_str(p, ", at gpa "), vs_maps[i].gpa + (a - vs_maps[i].start));
+                break;
+            }
+        }
+        p = vs_str(p, "): the front-end shrank a memory file; exiting\\n");
+        if (write(2, msg, p - msg) < 0) { /* nothing more to do */ }
+        _exit(1);
+    }
+    static int vs_install_sigbus(void) {
+        struct sigaction sa;
+        memset(&sa, 0, sizeof(sa));
+        sa.sa_sigaction = vs_on_sigbus;
+        sa.sa_flags = SA_SIGINFO;
+        sigemptyset(&sa.sa_mask);
+        return sigaction(SIGBUS, &sa, NULL);
+    }
+    static int vs_note_map(uintptr_t start, uint64_t len, uint64_t gpa) {
+        int i;
+        for (i = 0; i < VS_MAX_MAPS; i++)
+            if (!vs_maps[i].end) {
+                vs_maps[i].gpa = gpa; vs_maps[i].size = len; vs_maps[i].start = start;
+                __atomic_store_n(&vs_maps[i].end, start + len, __ATOMIC_RELEASE);
+                return 0;
+            }
+        return -1;
+    }
+    static void vs_forget_map(uint64_t gpa) {
+        int i;
+        for (i = 0; i < VS_MAX_MAPS; i++)
+            if (vs_maps[i].end && vs_maps[i].gpa == gpa)
+                __atomic_store_n(&vs_maps[i].end, 0, __ATOMIC_RELEASE);
+    }
+    """
+    int vs_install_sigbus() noexcept nogil
+    int vs_note_map(uintptr_t start, uint64_t length, uint64_t gpa) noexcept nogil
+    void vs_forget_map(uint64_t gpa) noexcept nogil
+
+cdef bint _sigbus_installed = False
+
+
+def note_mapping(view, gpa, size):
+    """Guest memory at *gpa* is mapped at *view*: a SIGBUS there names the region (and the
+    handler is installed on the first call)."""
+    global _sigbus_installed
+    cdef Py_buffer b
+    PyObject_GetBuffer(view, &b, PyBUF_SIMPLE)
+    try:
+        if not _sigbus_installed:
+            if vs_install_sigbus() != 0:
+                raise OSError("sigaction(SIGBUS) failed")
+            _sigbus_installed = True
+        vs_note_map(<uintptr_t>b.buf, <uint64_t>b.len, <uint64_t>gpa)  # a full table just names no region
+    finally:
+        PyBuffer_Release(&b)
+
+
+def forget_mapping(gpa):
+    """The region at *gpa* is no longer mapped by us."""
+    vs_forget_map(<uint64_t>gpa)
 
 
 cdef enum:

@@ -10,8 +10,10 @@ from __future__ import annotations
 import bisect
 import mmap
 import os
+import stat
 from dataclasses import dataclass, field
 
+from .. import NO_EXTENSIONS
 from .errors import GuestMemoryError
 from .protocol import MemRegion
 
@@ -43,6 +45,17 @@ class Region:
             raise GuestMemoryError("memory region of size 0")
         if desc.guest_phys_addr + desc.memory_size > 1 << 64 or desc.userspace_addr + desc.memory_size > 1 << 64:
             raise GuestMemoryError("memory region wraps around the address space")
+        try:
+            st = os.fstat(fd)
+        except OSError as e:
+            raise GuestMemoryError(f"region gpa={desc.guest_phys_addr:#x}: {e.strerror}") from e
+        end = desc.mmap_offset + desc.memory_size
+        if stat.S_ISREG(st.st_mode) and st.st_size < end:
+            # Touching the part past the file's end would kill us with SIGBUS.
+            raise GuestMemoryError(
+                f"region gpa={desc.guest_phys_addr:#x} size={desc.memory_size:#x} needs {end} bytes of its "
+                f"memory file, which has {st.st_size}"
+            )
         file_off = desc.mmap_offset - desc.mmap_offset % _PAGE
         skip = desc.mmap_offset - file_off
         try:
@@ -54,7 +67,9 @@ class Region:
                 f"cannot map region gpa={desc.guest_phys_addr:#x} size={desc.memory_size:#x}: {e}"
             ) from e
         view = memoryview(mm)[skip : skip + desc.memory_size]
-        return cls(desc.guest_phys_addr, desc.memory_size, desc.userspace_addr, mm, view)
+        region = cls(desc.guest_phys_addr, desc.memory_size, desc.userspace_addr, mm, view)
+        _note_mapping(view, desc.guest_phys_addr, desc.memory_size)
+        return region
 
     @classmethod
     def from_buffer(cls, gpa: int, uva: int, buf: bytearray | mmap.mmap) -> Region:
@@ -64,6 +79,8 @@ class Region:
 
     def release(self) -> None:
         """Drop our references; the mapping goes away when no view of it is left anywhere."""
+        if self.mm is not None:
+            _forget_mapping(self.gpa)
         self.view.release()
         if self.mm is not None:
             try:
@@ -182,3 +199,19 @@ def close_fds(fds: tuple[int, ...] | list[int]) -> None:
             os.close(fd)
         except OSError:
             pass
+
+
+def _no_sigbus_report(*args: object) -> None:
+    pass
+
+
+# A front-end that shrinks a memory file under our mapping makes the next access a SIGBUS. The
+# compiled core reports it naming the region (and exits 1); the pure twins leave it to
+# faulthandler (enabled by the programs), which says "Bus error" and where.
+_note_mapping = _forget_mapping = _no_sigbus_report
+if not NO_EXTENSIONS:
+    try:
+        from ._ring import forget_mapping as _forget_mapping  # noqa: F811
+        from ._ring import note_mapping as _note_mapping  # noqa: F811
+    except ImportError:
+        pass

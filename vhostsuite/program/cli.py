@@ -9,6 +9,7 @@ with status 0 and removes the socket file we created. A front-end hang-up ends i
 from __future__ import annotations
 
 import argparse
+import faulthandler
 import json
 import logging
 import sys
@@ -104,6 +105,9 @@ def run(
     args = parser.parse_args(argv)
     check_connection_args(parser, args)
     setup_logging(prog, args.verbose, args.quiet)
+    # A fatal signal (SIGSEGV, SIGBUS, ...) says where on stderr instead of dying silently; the
+    # compiled core replaces the SIGBUS report with one naming the guest region.
+    faulthandler.enable()
     what, why = implementation()
     if why:
         log.warning("%s (%s); it runs several times slower", what, why)
