@@ -16,13 +16,19 @@ wrong (the core marks the device broken: NEEDS_RESET, the err eventfd); any othe
 is a bug, logged by the core, which marks the device broken too. Devices contain no error
 policy of their own for chains.
 
-In-flight chains and ring stops: used entries go back in the order the chains were popped
-(a response that completes early waits for the ones before it), so what is in flight is
-always the newest chains popped. GET_VRING_BASE reports a base that does not count them
-(QEMU's virtqueue_rewind for in-flight requests): after the ring starts again they are
-popped again and answered then, exactly once. A completion that comes for a chain the core
-no longer holds (its ring stopped or reset) is ignored. Pending handlers therefore must not
-have done anything the guest can observe before they complete.
+In-flight chains and ring stops: what is in flight is always the newest chains popped, so
+GET_VRING_BASE (and new memory or features, a reset) can report a base that does not count
+them (QEMU's virtqueue_rewind for in-flight requests): after the ring starts again they are
+popped again and answered then, exactly once. That takes two rules, which the core enforces
+(breaking one is a device bug: the queue is marked broken):
+
+* on a queue that is not ``serial``, once a chain is pending every chain after it is pending
+  too (input's event buffers); a serial queue pops nothing while one is pending (GPU control);
+* pending chains are completed in the order they were popped.
+
+A completion that comes for a chain the core no longer holds (its ring stopped or reset) is
+ignored. Pending handlers therefore must not have done anything the guest can observe before
+they complete.
 """
 
 from __future__ import annotations

@@ -9,9 +9,10 @@ yields (the loop serves the vhost-user socket, other queues and timers) and goes
 next turn. A driver that keeps its avail index ahead of us therefore costs a bounded slice
 of every turn, never the whole process.
 
-The rules for chains in flight are in :mod:`vhostsuite.device`: used entries go back in pop
-order, and a stop (GET_VRING_BASE, new memory, new features, a reset) rewinds the base past
-the chains still in flight so they are popped again, never answered twice or lost.
+The rules for chains in flight are in :mod:`vhostsuite.core.device`: they are the newest
+chains popped and are completed in pop order, so a stop (GET_VRING_BASE, new memory, new
+features, a reset) rewinds the base past them and they are popped again, never answered
+twice or lost.
 """
 
 from __future__ import annotations
@@ -69,8 +70,8 @@ class Vring:
         #: A device asked for no pops (``ctx.hold``).
         self.held = False
         self.vq: Virtqueue | None = None
-        #: Popped chains not yet pushed, in pop order: [chain, response or PENDING].
-        self.inflight: deque[list] = deque()
+        #: Popped chains waiting for the device (PENDING), in pop order: always the newest popped.
+        self.inflight: deque[Chain] = deque()
         self._scheduled = False
         self._notify_scheduled = False
 
@@ -183,12 +184,13 @@ class Vring:
                 if self.vq is not vq:  # the ring went while the handler ran: nothing goes to it
                     return
                 if response is pending:
-                    inflight.append([chain, pending])
+                    inflight.append(chain)
                     if serial:  # the rest waits for this one: back to the ring, popped again later
                         vq.unpop(len(batch) - n)
                         break
                 elif inflight:
-                    inflight.append([chain, response])  # answered early: waits its turn
+                    # A stop would rewind past the pending chain and pop this one again.
+                    raise RuntimeError("a chain answered while an earlier one is pending (make the queue serial)")
                 else:
                     if response is not None:
                         chain.write(response)
@@ -211,29 +213,21 @@ class Vring:
             self.notify()
 
     def complete(self, chain: Chain, response: Response) -> bool:
-        """Answer the in-flight *chain*; False if it is not in flight (any more)."""
-        for entry in self.inflight:
-            if entry[0] is chain:
-                break
-        else:
-            return False
-        if entry[1] is not PENDING or response is PENDING:
-            raise RuntimeError(f"queue {self.index}: chain {chain.head} completed twice")
-        entry[1] = response
-        vq = self.vq
-        if vq is None:  # not reachable: the in-flight list is cleared whenever the ring goes
-            return False
-        pushed = False
+        """Answer the oldest in-flight *chain*; False if the core no longer holds it."""
         inflight = self.inflight
+        if not inflight or inflight[0] is not chain:
+            if any(c is chain for c in inflight):
+                raise RuntimeError(f"queue {self.index}: chain {chain.head} completed before older pending ones")
+            return False  # its ring stopped or was reset meanwhile: it will be popped again
+        if response is PENDING:
+            raise RuntimeError(f"queue {self.index}: chain {chain.head} completed with PENDING")
+        inflight.popleft()
         try:
-            while inflight and inflight[0][1] is not PENDING:
-                done, answer = inflight.popleft()
-                _answer(vq, done, answer)
-                pushed = True
+            _answer(self.vq, chain, response)
         except RingError as e:
             self.owner.mark_broken(f"queue {self.index}: {e}", self.index)
             return True
-        if pushed and not self._notify_scheduled:
+        if not self._notify_scheduled:
             # One interrupt for everything completed during this turn.
             self._notify_scheduled = True
             self.loop.call_soon(self._scheduled_notify)
