@@ -19,6 +19,7 @@ loop for long:
 
 from __future__ import annotations
 
+import itertools
 import logging
 import os
 import socket
@@ -33,8 +34,10 @@ log = logging.getLogger("vhostsuite.gpu.display")
 
 #: sendmsg() takes at most IOV_MAX buffers.
 _IOV_MAX = 1024
-#: The most output kept for a display that reads slower than we send (a few full frames).
+#: The most output kept for a display that reads slower than we send (a few full frames),
+#: counting each waiting part's objects too (PART_COST), so small messages are bounded as well.
 MAX_QUEUED = 64 << 20
+PART_COST = 256
 #: A reply larger than this is a broken peer.
 _MAX_REPLY = 64 * 1024
 
@@ -176,7 +179,7 @@ class DisplayChannel:
             self._out_timer = self.loop.call_later(self.timeout, self._check_stalled)
         for v in views:
             self._out.append(v)
-            self._out_bytes += len(v)
+            self._out_bytes += len(v) + PART_COST
         if self._out_bytes > MAX_QUEUED:
             log.error("display: more than %d bytes wait for the display; closing the display socket", MAX_QUEUED)
             self._lost()
@@ -184,18 +187,33 @@ class DisplayChannel:
         return True
 
     def _on_writable(self) -> None:
-        before = self._out_bytes
-        try:
-            rest = _send_some(self.sock, list(self._out))
-        except OSError as e:
-            log.error("display: sending failed (%s); closing the display socket", e)
-            self._lost()
-            return
-        self._out = deque(rest)
-        self._out_bytes = sum(len(v) for v in rest)
-        if self._out_bytes < before:
+        """Send what the socket takes now from the front of the output queue (work in proportion
+        to what is sent, not to what waits)."""
+        out = self._out
+        sent_any = False
+        while out:
+            try:
+                sent = self.sock.sendmsg(list(itertools.islice(out, _IOV_MAX)))
+            except (BlockingIOError, InterruptedError):
+                break
+            except OSError as e:
+                log.error("display: sending failed (%s); closing the display socket", e)
+                self._lost()
+                return
+            sent_any = sent_any or sent > 0
+            while sent:
+                v = out[0]
+                if sent >= len(v):
+                    sent -= len(v)
+                    self._out_bytes -= len(v) + PART_COST
+                    out.popleft()
+                else:
+                    out[0] = v[sent:]
+                    self._out_bytes -= sent
+                    sent = 0
+        if sent_any:
             self._out_progress = time.monotonic()
-        if not rest:
+        if not out:
             self._stop_writing()
 
     def _stop_writing(self) -> None:
