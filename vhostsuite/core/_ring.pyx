@@ -160,16 +160,16 @@ cdef extern from *:
             }
         return -1;
     }
-    static void vs_forget_map(uint64_t gpa) {
+    static void vs_forget_map(uintptr_t start) {
         int i;
         for (i = 0; i < VS_MAX_MAPS; i++)
-            if (vs_maps[i].end && vs_maps[i].gpa == gpa)
+            if (vs_maps[i].end && vs_maps[i].start == start)
                 __atomic_store_n(&vs_maps[i].end, 0, __ATOMIC_RELEASE);
     }
     """
     int vs_install_sigbus() noexcept nogil
     int vs_note_map(uintptr_t start, uint64_t length, uint64_t gpa) noexcept nogil
-    void vs_forget_map(uint64_t gpa) noexcept nogil
+    void vs_forget_map(uintptr_t start) noexcept nogil
 
 cdef bint _sigbus_installed = False
 
@@ -190,9 +190,13 @@ def note_mapping(view, gpa, size):
         PyBuffer_Release(&b)
 
 
-def forget_mapping(gpa):
-    """The region at *gpa* is no longer mapped by us."""
-    vs_forget_map(<uint64_t>gpa)
+def forget_mapping(view):
+    """The region mapped at *view* is going away (a new table may map the same guest address
+    elsewhere first: regions are told apart by where they are mapped)."""
+    cdef Py_buffer b
+    PyObject_GetBuffer(view, &b, PyBUF_SIMPLE)
+    vs_forget_map(<uintptr_t>b.buf)
+    PyBuffer_Release(&b)
 
 
 cdef enum:

@@ -80,7 +80,7 @@ class Region:
     def release(self) -> None:
         """Drop our references; the mapping goes away when no view of it is left anywhere."""
         if self.mm is not None:
-            _forget_mapping(self.gpa)
+            _forget_mapping(self.view)
         self.view.release()
         if self.mm is not None:
             try:
