@@ -83,3 +83,27 @@ def test_a_display_that_reads_nothing_is_dropped_and_the_guest_still_served(spaw
         assert be.proc.poll() is None
     finally:
         ours.close()
+
+
+def test_a_display_that_stops_reading_in_the_middle_of_a_flush(spawn) -> None:
+    """QEMU's end of the display socket shuts down reading: the next UPDATE fails (EPIPE) and
+    the channel closes while the flush is being handled. The flush still gets OK, the device
+    is not broken, and the guest is served on."""
+    be, fe = spawn("vhost-user-gpu", "--display-timeout=0.5")  # our end never answers: don't wait long
+    ours, peer = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    w, h = 2048, 1100  # converted into a staging buffer larger than the one kept between flushes
+    try:
+        fe.initialize()
+        set_socket(fe, peer)
+        ctrl, cursor = fe.start([64, 16])
+        drv = GpuDriver(fe, ctrl, cursor, timeout=10)
+        drv.make_resource(1, W.VIRTIO_GPU_FORMAT_X8R8G8B8_UNORM, w, h, bytes(w * h * 4))
+        assert drv.set_scanout(0, 1, 0, 0, w, h) == OK
+        ours.shutdown(socket.SHUT_RD)
+        assert drv.flush(1, 0, 0, w, h) == OK
+        assert drv.flush(1, 0, 0, w, h) == OK
+        assert fe.get_status() & 0x40 == 0, be.stderr()  # not NEEDS_RESET
+        assert "closing the display socket" in be.stderr()
+        assert "Traceback" not in be.stderr()
+    finally:
+        ours.close()

@@ -120,6 +120,8 @@ class Scanouts:
         """Send UPDATE for the resource rectangle (x, y, w, h), which lies inside the scanout."""
         if not self._announce(sid, sc):
             return
+        # The channel may close while sending (and self.display become None): keep this one.
+        display = self.display
         stride = res.stride
         start = y * stride + x * 4
         if res.swizzle == W.SWIZZLE_NONE and w == res.width:
@@ -129,11 +131,11 @@ class Scanouts:
             # one copy (converted where needed) into the staging buffer: O(1) objects whatever
             # the rectangle's shape (a view per row of a tall, narrow one would cost ~50x its pixels)
             n = w * h * 4
-            if len(self._staging) < n or self.display.output_waiting:
+            if len(self._staging) < n or display.output_waiting:
                 # the display channel may still hold the last one: never overwrite it
                 self._staging = bytearray(n)
             pixels.swizzle_rect(res.swizzle, res.view, start, stride, self._staging, 0, w * 4, w, h)
             pix = memoryview(self._staging)[:n]
-        self.display.update(sid, x - sc.x, y - sc.y, w, h, pix)
-        if len(self._staging) > STAGING_KEEP and not self.display.output_waiting:
+        display.update(sid, x - sc.x, y - sc.y, w, h, pix)
+        if len(self._staging) > STAGING_KEEP and not display.output_waiting:
             self._staging = bytearray()  # a large one is not kept for the next flush
