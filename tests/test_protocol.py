@@ -93,8 +93,10 @@ def test_guest_memory_bounds_and_translation():
         mem.add(Region.from_buffer(0x1800, 0x10_0000, bytearray(0x1000)))
     with pytest.raises(GuestMemoryError, match="overlaps"):
         mem.add(Region.from_buffer(0x10_0000, 0x50800, bytearray(0x1000)))
-    assert mem.remove(P.MemRegion(0x1000, 0x1000, 0x50000, 0))
-    assert not mem.remove(P.MemRegion(0x1000, 0x1000, 0x50000, 0))
+    removed = mem.pop(P.MemRegion(0x1000, 0x1000, 0x50000, 0))
+    assert removed is not None and removed.gpa == 0x1000
+    removed.release()
+    assert mem.pop(P.MemRegion(0x1000, 0x1000, 0x50000, 0)) is None
     with pytest.raises(GuestMemoryError):
         mem.read(0x1000, 1)
     mem.clear()

@@ -325,7 +325,9 @@ class Connection:
         if self.backend_req is not None:
             self.backend_req.close()
             self.backend_req = None
-        self.mem.clear()
+        removed = list(self.mem.regions)
+        self.mem = GuestMemory(max_regions=P.MAX_MEM_SLOTS)
+        self._regions_removed(removed)
         self.sock.close()
 
     # -- requests ------------------------------------------------------------------
@@ -378,16 +380,27 @@ class Connection:
         regions = P.decode_mem_table(payload)
         if len(fds) != len(regions):
             raise Failed(f"{len(regions)} regions but {len(fds)} fds")
+        # A region that maps the same file at the same ranges stays as it is (QEMU sends the
+        # whole table again at every start): what the device keeps in it stays valid.
+        old = list(self.mem.regions)
         mapped = GuestMemory(max_regions=P.MAX_MEM_SLOTS)
+        kept: list[Region] = []
         try:
             for desc, fd in zip(regions, fds, strict=True):
-                mapped.add(Region.map(desc, fd))
+                same = next((r for r in old if r not in kept and r.maps(desc, fd)), None)
+                if same is not None:
+                    kept.append(same)
+                    mapped.add(same)
+                else:
+                    mapped.add(Region.map(desc, fd))
         except GuestMemoryError:
-            mapped.clear()
+            for r in mapped.regions:
+                if r not in kept:
+                    r.release()
             raise
         self._detach_rings()
-        self.mem.clear()
         self.mem = mapped
+        self._regions_removed([r for r in old if r not in kept])
         self._run_started_rings()
 
     def add_mem_reg(self, payload: bytes, fds: list[int]) -> None:
@@ -408,8 +421,19 @@ class Connection:
     def rem_mem_reg(self, payload: bytes, fds: list[int]) -> None:
         desc = P.decode_single_region(payload)
         self._detach_rings()  # rebuilt at the next kick or ADD_MEM_REG (QEMU removes, then adds)
-        if not self.mem.remove(desc):
+        region = self.mem.pop(desc)
+        if region is None:
             raise Failed(f"no region at gpa {desc.guest_phys_addr:#x} size {desc.memory_size:#x}")
+        self._regions_removed([region])
+
+    def _regions_removed(self, regions: list[Region]) -> None:
+        """*regions* are no longer guest memory: the device lets go of them (a GPU detaches
+        backings there), then they are unmapped, at once unless a chain in flight still
+        holds a view (then when it goes)."""
+        if regions:
+            self.device.memory_removed(regions)
+        for r in regions:
+            r.release()
 
     def set_vring_num(self, payload: bytes, fds: list[int]) -> None:
         index, num = P.decode_vring_state(payload)

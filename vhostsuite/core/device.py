@@ -34,13 +34,13 @@ they complete.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
 if TYPE_CHECKING:
     from .loop import Loop
-    from .memory import GuestMemory
+    from .memory import GuestMemory, Region
     from .ring import Chain
 
 
@@ -134,6 +134,10 @@ class Device:
         raise ValueError("this device's config space is read-only")
 
     # -- running ----------------------------------------------------------------
+    def memory_removed(self, regions: Sequence[Region]) -> None:
+        """The front-end removed *regions* (REM_MEM_REG, a new SET_MEM_TABLE without them):
+        drop every reference kept into them; ``ctx.mem`` is the memory that remains."""
+
     def queue_stopped(self, index: int) -> None:
         """Queue *index* stopped (GET_VRING_BASE, reset, broken): the core dropped its in-flight
         chains; forget any the device kept for completing later."""

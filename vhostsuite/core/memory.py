@@ -29,6 +29,8 @@ class Region:
     uva: int
     mm: mmap.mmap | None
     view: memoryview = field(repr=False)
+    #: What the region maps: (st_dev, st_ino, mmap_offset) of its file; None for our own memory.
+    source: tuple[int, int, int] | None = None
 
     @property
     def gpa_end(self) -> int:
@@ -67,7 +69,8 @@ class Region:
                 f"cannot map region gpa={desc.guest_phys_addr:#x} size={desc.memory_size:#x}: {e}"
             ) from e
         view = memoryview(mm)[skip : skip + desc.memory_size]
-        region = cls(desc.guest_phys_addr, desc.memory_size, desc.userspace_addr, mm, view)
+        source = (st.st_dev, st.st_ino, desc.mmap_offset)
+        region = cls(desc.guest_phys_addr, desc.memory_size, desc.userspace_addr, mm, view, source)
         _note_mapping(view, desc.guest_phys_addr, desc.memory_size)
         return region
 
@@ -91,6 +94,16 @@ class Region:
 
     def same_range(self, desc: MemRegion) -> bool:
         return self.gpa == desc.guest_phys_addr and self.size == desc.memory_size and self.uva == desc.userspace_addr
+
+    def maps(self, desc: MemRegion, fd: int) -> bool:
+        """Whether *desc* over *fd* is exactly this region: same ranges, same file, same offset."""
+        if self.source is None or not self.same_range(desc):
+            return False
+        try:
+            st = os.fstat(fd)
+        except OSError:
+            return False
+        return self.source == (st.st_dev, st.st_ino, desc.mmap_offset)
 
 
 class GuestMemory:
@@ -123,15 +136,15 @@ class GuestMemory:
         self._regions.insert(i, region)
         self._starts.insert(i, region.gpa)
 
-    def remove(self, desc: MemRegion) -> bool:
-        """Remove and unmap the region matching *desc* (gpa, size, uva); False if none does."""
+    def pop(self, desc: MemRegion) -> Region | None:
+        """Take out the region matching *desc* (gpa, size, uva), still mapped; None if none does.
+        The caller releases it once the device has dropped its references into it."""
         for i, r in enumerate(self._regions):
             if r.same_range(desc):
                 del self._regions[i]
                 del self._starts[i]
-                r.release()
-                return True
-        return False
+                return r
+        return None
 
     def clear(self) -> None:
         for r in self._regions:
@@ -157,6 +170,10 @@ class GuestMemory:
 
     def gpa_views(self, gpa: int, length: int) -> list[memoryview]:
         """Views of ``[gpa, gpa+length)`` that may span adjacent regions."""
+        return [view for _, view in self.gpa_pieces(gpa, length)]
+
+    def gpa_pieces(self, gpa: int, length: int) -> list[tuple[Region, memoryview]]:
+        """Like :meth:`gpa_views`, each view with the region it lies in."""
         out = []
         while length > 0:
             r = self._find_gpa(gpa)
@@ -164,7 +181,7 @@ class GuestMemory:
                 raise GuestMemoryError(f"guest range {gpa:#x}+{length:#x} is not in mapped memory")
             off = gpa - r.gpa
             n = min(length, r.size - off)
-            out.append(r.view[off : off + n])
+            out.append((r, r.view[off : off + n]))
             gpa += n
             length -= n
         return out

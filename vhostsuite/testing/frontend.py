@@ -71,6 +71,7 @@ class GuestRam:
             P.MemRegion(gpa_base + i * step, step, UVA_BASE + i * (step + (1 << 30)), i * step) for i in range(regions)
         ]
         self._next = 0
+        self._top = size
         self._free: dict[int, list[int]] = {}
 
     def gpa_to_uva(self, gpa: int) -> int:
@@ -79,14 +80,21 @@ class GuestRam:
                 return gpa - r.guest_phys_addr + r.userspace_addr
         raise ValueError(f"gpa {gpa:#x} not in RAM")
 
-    def alloc(self, size: int, align: int = 16) -> int:
-        """Guest-physical address of *size* fresh bytes (freed blocks of the same size are reused)."""
+    def alloc(self, size: int, align: int = 16, top: bool = False) -> int:
+        """Guest-physical address of *size* fresh bytes (freed blocks of the same size are reused).
+        *top* takes them from the end of RAM down (the last region), away from the rings."""
         size = max(size, 1)
+        if top:
+            off = (self._top - size) & ~(align - 1)
+            if off < self._next:
+                raise MemoryError("guest RAM exhausted")
+            self._top = off
+            return self.gpa_base + off
         pool = self._free.get((size, align))
         if pool:
             return pool.pop()
         off = _align(self._next, align)
-        if off + size > self.size:
+        if off + size > self._top:
             raise MemoryError("guest RAM exhausted")
         self._next = off + size
         return self.gpa_base + off

@@ -266,16 +266,18 @@ def resp_type(data: bytes) -> int:
 class Backing:
     """Guest pages backing a resource, scattered over guest RAM in a shuffled order."""
 
-    def __init__(self, fe: Frontend, size: int, scatter: bool = True, seed: int = 0, page: int = PAGE) -> None:
+    def __init__(
+        self, fe: Frontend, size: int, scatter: bool = True, seed: int = 0, page: int = PAGE, top: bool = False
+    ) -> None:
         self.ram = fe.ram
         self.size = size
         n = (size + page - 1) // page
         if scatter:
-            slots = [self.ram.alloc(2 * page, page) for _ in range(n)]  # a hole after every page
+            slots = [self.ram.alloc(2 * page, page, top) for _ in range(n)]  # a hole after every page
             random.Random(seed).shuffle(slots)
             self.pages = [(gpa, page) for gpa in slots]
         else:
-            base = self.ram.alloc(n * page, page)
+            base = self.ram.alloc(n * page, page, top)
             self.pages = [(base + i * page, page) for i in range(n)]
 
     def entries(self) -> list[tuple[int, int]]:

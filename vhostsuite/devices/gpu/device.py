@@ -13,7 +13,7 @@ keeps serving.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
 from ...core.device import PENDING, Device, QueueSpec, Response
@@ -28,6 +28,7 @@ from .resources import Resource, Resources
 from .scanouts import Scanouts
 
 if TYPE_CHECKING:
+    from ...core.memory import Region
     from ...core.ring import Chain
 
 log = logging.getLogger("vhostsuite.gpu")
@@ -56,8 +57,8 @@ class GpuDevice(Device):
         self.events_read = 0
         #: The display modes body (16 x display_one) QEMU last told us.
         self._display_body: bytes | None = None
-        #: The control command being handled (its header and chain), for the ones that ask the
-        #: display; the control queue is serial, so there is one at a time.
+        #: The control command being dispatched (its header and chain), for the ones that ask
+        #: the display; the control queue is serial, so there is one at a time.
         self._hdr: K.Header = K.NO_HEADER
         self._chain: Chain | None = None
         self.queues = (
@@ -131,9 +132,14 @@ class GpuDevice(Device):
         kind = cmd.__class__
         if kind is _Reply:
             return _encode(hdr, cmd)
+        # Only for the dispatch: a chain kept past its command would pin guest memory the
+        # front-end removes later.
         self._hdr = hdr
         self._chain = chain
-        reply = self._dispatch[kind](cmd)
+        try:
+            reply = self._dispatch[kind](cmd)
+        finally:
+            self._chain = None
         if reply is PENDING:
             return PENDING
         return _encode(hdr, reply)
@@ -150,6 +156,9 @@ class GpuDevice(Device):
     def _unsupported(self, cmd: K.Unsupported) -> K.Reply:
         log.debug("unsupported command %s", W.ctrl_type_name(cmd.type))
         return K.ERR_UNSPEC
+
+    def memory_removed(self, regions: Sequence[Region]) -> None:
+        self.resources.memory_removed(regions, self.ctx.mem)
 
     def _attach_backing(self, cmd: K.AttachBacking) -> K.Reply:
         return self.resources.attach_backing(cmd, self.ctx.mem if self.ctx is not None else None)

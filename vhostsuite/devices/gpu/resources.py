@@ -11,7 +11,7 @@ entries and addresses.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
 from ...core.errors import GuestMemoryError
@@ -21,7 +21,7 @@ from . import pixels
 from . import wire as W
 
 if TYPE_CHECKING:
-    from ...core.memory import GuestMemory
+    from ...core.memory import GuestMemory, Region
 
 log = logging.getLogger("vhostsuite.gpu")
 guest_log = GuestLog(log)
@@ -45,6 +45,8 @@ class Resource:
         "swizzle",
         "alpha",
         "backing",
+        "backing_runs",
+        "backing_regions",
         "backing_cost",
         "scanouts",
     )
@@ -59,6 +61,9 @@ class Resource:
         self.data = bytearray(self.stride * height)
         self.view = memoryview(self.data)
         self.backing: pixels.PageList | None = None
+        #: The backing's guest-physical (address, length) runs, and the regions they lie in.
+        self.backing_runs: list[tuple[int, int]] = []
+        self.backing_regions: frozenset[Region] = frozenset()
         self.backing_cost = 0
         #: The scanouts showing this resource.
         self.scanouts: set[int] = set()
@@ -75,7 +80,19 @@ class Resource:
         if self.backing is not None:
             self.backing.release()
             self.backing = None
+        self.backing_runs = []
+        self.backing_regions = frozenset()
         self.backing_cost = 0
+
+    def map_backing(self, runs: list[tuple[int, int]], mem: GuestMemory) -> None:
+        """Point the backing at *runs* of *mem*; GuestMemoryError if one is not mapped."""
+        pieces = [piece for addr, length in runs for piece in mem.gpa_pieces(addr, length)]
+        backing = pixels.PageList([view for _, view in pieces])
+        if self.backing is not None:
+            self.backing.release()
+        self.backing = backing
+        self.backing_runs = runs
+        self.backing_regions = frozenset(region for region, _ in pieces)
 
 
 class Resources:
@@ -139,22 +156,19 @@ class Resources:
         if self.hostmem + cost > self.max_hostmem:
             return K.ERR_OUT_OF_MEMORY
         # merge physically contiguous entries: fewer pieces to walk on every transfer
-        runs: list[list[int]] = []
+        runs: list[tuple[int, int]] = []
         for addr, length in cmd.entries:
             if not length:
                 continue
             if runs and runs[-1][0] + runs[-1][1] == addr:
-                runs[-1][1] += length
+                runs[-1] = (runs[-1][0], runs[-1][1] + length)
             else:
-                runs.append([addr, length])
-        views = []
+                runs.append((addr, length))
         try:
-            for addr, length in runs:
-                views.extend(mem.gpa_views(addr, length))
+            res.map_backing(runs, mem)
         except GuestMemoryError as e:
             guest_log.warn("backing", "resource %d: backing refused: %s", res.id, e)
             return K.ERR_UNSPEC
-        res.backing = pixels.PageList(views)
         res.backing_cost = cost
         self.hostmem += cost
         return K.OK_NODATA
@@ -166,6 +180,25 @@ class Resources:
         self.hostmem -= res.backing_cost
         res.drop_backing()
         return K.OK_NODATA
+
+    def memory_removed(self, regions: Sequence[Region], mem: GuestMemory) -> None:
+        """The front-end removed *regions*: a backing with pages there is looked up again in
+        what is left (*mem*), and detached if that fails, so later transfers get
+        ERR_INVALID_RESOURCE_ID and nothing keeps the old mapping."""
+        gone = frozenset(regions)
+        detached = []
+        for res in self.by_id.values():
+            if res.backing is None or res.backing_regions.isdisjoint(gone):
+                continue
+            try:
+                res.map_backing(res.backing_runs, mem)
+            except GuestMemoryError:
+                detached.append(res.id)
+                self.hostmem -= res.backing_cost
+                res.drop_backing()
+        if detached:  # one line, however many
+            log.info("%d resource backings were in memory the front-end removed and are detached (first: %s)",
+                     len(detached), detached[:8])  # fmt: skip
 
     def transfer_to_host_2d(self, cmd: K.TransferToHost2D) -> K.Reply:
         x, y, w, h, offset, rid, _ = cmd
