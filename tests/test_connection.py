@@ -284,6 +284,45 @@ def test_a_dripped_message_runs_out_of_time_as_a_whole(spawn):
     assert "message truncated" in be.stderr()
 
 
+def test_kicks_are_served_while_a_message_is_half_there(spawn):
+    """A message whose rest has not come yet waits without holding the loop: the guest's
+    requests are answered meanwhile, and the message is handled once it is whole."""
+    be, fe = spawn(RNG)
+    fe.initialize()
+    (q,) = fe.start([8])
+    message = P.HEADER.pack(P.Request.GET_FEATURES, 1, 0)
+    fe.sock.sendall(message[:5])
+    worst = 0.0
+    t_end = time.monotonic() + 1.5
+    while time.monotonic() < t_end:
+        t0 = time.monotonic()
+        assert len(rng_read(q, [16])[0]) == 16
+        worst = max(worst, time.monotonic() - t0)
+    assert worst < 0.1, f"a guest request took {worst * 1000:.0f} ms"
+    fe.sock.sendall(message[5:])
+    assert P.decode_u64(fe.recv_reply(P.Request.GET_FEATURES)) == fe.get_features()
+    assert be.proc.poll() is None
+
+
+def test_a_front_end_that_reads_no_replies_is_cut_off(spawn):
+    """Replies are sent whole within the same 5 s: a front-end that asks and never reads holds
+    the loop that long at most, then the connection closes with status 1."""
+    from vhostsuite.core.connection import PAYLOAD_TIMEOUT
+
+    be, fe = spawn(RNG)
+    fe.sock.settimeout(PAYLOAD_TIMEOUT + 5)
+    ask = P.HEADER.pack(P.Request.GET_FEATURES, 1, 0)
+    t0 = time.monotonic()
+    try:
+        for _ in range(200_000):  # far more replies than a socket buffer holds
+            fe.sock.sendall(ask * 64)
+    except OSError:
+        pass  # the back-end stopped reading, or has gone
+    assert be.wait(PAYLOAD_TIMEOUT + 10) == 1
+    assert time.monotonic() - t0 < PAYLOAD_TIMEOUT + 5
+    assert "reply not taken" in be.stderr()
+
+
 def test_hangup_ends_with_status_0(spawn, tmp_path):
     be, fe = spawn(RNG)
     fe.initialize()

@@ -19,6 +19,7 @@ import errno
 import logging
 import os
 import resource
+import select
 import socket
 import time
 from collections.abc import Callable
@@ -99,6 +100,14 @@ class Connection:
         self.rings = [Vring(i, spec, loop, self) for i, spec in enumerate(device.queues)]
         self.closed = False
         self._requests = self._request_table()
+        # The message being assembled: bytes so far, its fds, its payload size (once the
+        # header is in), when it began to wait, the one deadline timer.
+        self._buf = bytearray()
+        self._fds: list[int] = []
+        self._size = 0
+        self._started: float | None = None
+        self._deadline_timer: int | None = None
+        # Blocking mode; every read and write passes MSG_DONTWAIT and waits (bounded) itself.
         sock.setblocking(True)
         # Exceptions from the device's own callbacks (display socket, evdev, control socket)
         # meet the same policy as those from its queue handlers.
@@ -126,10 +135,13 @@ class Connection:
         if self.backend_req is None or not self._proto(P.ProtocolFeature.BACKEND_REQ):
             return False
         try:
-            self.backend_req.sendall(P.encode(P.BackendRequest.CONFIG_CHANGE_MSG))
+            send_whole(self.backend_req, P.encode(P.BackendRequest.CONFIG_CHANGE_MSG), "back-end request")
             return True
-        except OSError as e:
-            log.warning("config change notification failed: %s", e)
+        except (Disconnected, FatalProtocolError) as e:
+            # a half-sent message leaves that channel unusable: it goes
+            log.warning("config change notification failed (%s); the back-end request channel is closed", e)
+            self.backend_req.close()
+            self.backend_req = None
             return False
 
     # -- the error policy ----------------------------------------------------------
@@ -149,67 +161,74 @@ class Connection:
 
     # -- reading -------------------------------------------------------------------
     def on_readable(self) -> None:
-        """The socket is readable: read and handle exactly one message."""
+        """The socket is readable: take what has arrived of the message being assembled; once
+        it is whole, handle it. A message that is not whole yet waits without blocking the
+        loop (kicks are served meanwhile) until its deadline."""
         msg = self._read_message()
-        self.handle(msg)
+        if msg is not None:
+            self.handle(msg)
 
-    def _read_message(self) -> P.Message:
-        try:
-            data, ancdata, msg_flags, _ = self.sock.recvmsg(P.HEADER.size, _CMSG_SPACE, socket.MSG_CMSG_CLOEXEC)
-        except ConnectionResetError as e:
-            raise Disconnected() from e
-        fds = _fds_from_ancdata(ancdata)
-        if not data:
-            close_fds(fds)
-            raise Disconnected()
-        deadline = time.monotonic() + PAYLOAD_TIMEOUT
-        try:
+    def _read_message(self) -> P.Message | None:
+        """The message, once the last of it arrived; None while more is to come."""
+        buf = self._buf
+        while True:
+            header_done = len(buf) >= P.HEADER.size
+            want = (P.HEADER.size + self._size if header_done else P.HEADER.size) - len(buf)
+            if want == 0:
+                break
+            # Never more than this message still needs: the next one's bytes (and fds) stay queued.
+            try:
+                data, ancdata, msg_flags, _ = self.sock.recvmsg(
+                    want, _CMSG_SPACE, socket.MSG_CMSG_CLOEXEC | socket.MSG_DONTWAIT
+                )
+            except BlockingIOError:
+                if buf and self._started is None:  # part of a message is here: its time runs
+                    self._started = time.monotonic()
+                    self._arm_deadline()
+                return None
+            except ConnectionResetError as e:
+                raise Disconnected() from e
+            self._fds.extend(_fds_from_ancdata(ancdata))
             if msg_flags & socket.MSG_CTRUNC:
                 raise FatalProtocolError(_fds_cut_short())
-            if len(data) < P.HEADER.size:
-                data += self._recv_exact(P.HEADER.size - len(data), deadline)
-            request, flags, size = P.HEADER.unpack(data)
-            if size > P.MAX_PAYLOAD_SIZE:
-                raise FatalProtocolError(f"message {request} with a payload of {size} bytes")
-            if flags & P.VERSION_MASK != P.VERSION:
-                raise FatalProtocolError(f"message {request} with version {flags & P.VERSION_MASK}")
-            payload = self._recv_exact(size, deadline) if size else b""
-        except BaseException:
-            close_fds(fds)
-            raise
-        return P.Message(request, flags, payload, tuple(fds))
+            if not data:
+                raise Disconnected()
+            buf += data
+            if not header_done and len(buf) == P.HEADER.size:
+                request, flags, size = P.HEADER.unpack(buf)
+                if size > P.MAX_PAYLOAD_SIZE:
+                    raise FatalProtocolError(f"message {request} with a payload of {size} bytes")
+                if flags & P.VERSION_MASK != P.VERSION:
+                    raise FatalProtocolError(f"message {request} with version {flags & P.VERSION_MASK}")
+                self._size = size
+        request, flags, _ = P.HEADER.unpack_from(buf)
+        msg = P.Message(request, flags, bytes(buf[P.HEADER.size :]), tuple(self._fds))
+        buf.clear()
+        self._fds = []
+        self._size = 0
+        self._started = None
+        return msg
 
-    def _recv_exact(self, n: int, deadline: float) -> bytes:
-        """*n* more bytes of the message being read, all of them before *deadline*."""
-        buf = bytearray()
-        try:
-            while len(buf) < n:
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    raise FatalProtocolError(
-                        f"message truncated: {len(buf)} of {n} bytes after {PAYLOAD_TIMEOUT}s"
-                    )
-                self.sock.settimeout(left)
-                try:
-                    chunk = self.sock.recv(n - len(buf))
-                except TimeoutError:
-                    continue  # the deadline check above says so
-                except ConnectionResetError:
-                    raise Disconnected() from None
-                if not chunk:
-                    raise Disconnected()
-                buf += chunk
-        finally:
-            self.sock.settimeout(None)
-        return bytes(buf)
+    def _arm_deadline(self) -> None:
+        """One timer at a time: at the deadline of the message being assembled then."""
+        if self._deadline_timer is None:
+            self._deadline_timer = self.loop.call_later(PAYLOAD_TIMEOUT, self._deadline_passed)
+
+    def _deadline_passed(self) -> None:
+        self._deadline_timer = None
+        if self._started is None or self.closed:
+            return
+        late = time.monotonic() - self._started
+        if late >= PAYLOAD_TIMEOUT - 0.001:
+            have = len(self._buf)
+            need = P.HEADER.size + self._size if have >= P.HEADER.size else P.HEADER.size
+            raise FatalProtocolError(f"message truncated: {have} of {need} bytes after {PAYLOAD_TIMEOUT:g}s")
+        # a later message is being assembled now: its own deadline
+        self._deadline_timer = self.loop.call_later(PAYLOAD_TIMEOUT - late, self._deadline_passed)
 
     def _reply(self, request: int, payload: bytes = b"") -> None:
-        try:
-            self.sock.sendall(P.encode_reply(request, payload))
-        except OSError as e:
-            raise Disconnected() from e
+        send_whole(self.sock, P.encode_reply(request, payload), "reply")
 
-    # -- dispatch ------------------------------------------------------------------
     def _request_table(self) -> dict[int, RequestHandler]:
         """Every request this core handles, and the device's own."""
         R = P.Request  # noqa: N806 - the enum, for a table that reads like the spec
@@ -320,6 +339,11 @@ class Connection:
         if self.closed:
             return
         self.closed = True
+        if self._deadline_timer is not None:
+            self.loop.cancel(self._deadline_timer)
+            self._deadline_timer = None
+        close_fds(self._fds)
+        self._fds = []
         self._reset_rings()
         self.loop.remove_reader(self.sock.fileno())
         if self.backend_req is not None:
@@ -543,6 +567,33 @@ class Connection:
 
     def set_log_base(self, payload: bytes, fds: list[int]) -> None:
         raise Failed("dirty logging (migration) is not supported")
+
+
+def send_whole(sock: socket.socket, data: bytes, what: str, timeout: float = PAYLOAD_TIMEOUT) -> None:
+    """Send all of *data* within *timeout* (whole, not per send()): a peer that takes nothing
+    holds the loop that long at most. Disconnected if it is gone, FatalProtocolError if it is
+    too slow (the stream is cut in the middle of a message then)."""
+    view = memoryview(data)
+    deadline = None
+    poller = None
+    while view:
+        try:
+            view = view[sock.send(view, socket.MSG_DONTWAIT) :]
+            continue
+        except BlockingIOError:
+            pass
+        except OSError as e:
+            raise Disconnected() from e
+        now = time.monotonic()
+        if deadline is None:
+            deadline = now + timeout
+            poller = select.poll()
+            poller.register(sock.fileno(), select.POLLOUT)
+        left = deadline - now
+        if left <= 0:
+            sent = len(data) - len(view)
+            raise FatalProtocolError(f"{what} not taken: {sent} of {len(data)} bytes after {timeout:g}s")
+        poller.poll(left * 1000)
 
 
 def _fds_cut_short() -> str:
