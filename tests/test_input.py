@@ -415,6 +415,38 @@ def test_events_before_driver_ok_are_kept(spawn, tmp_path: Path) -> None:
     ctl.close()
 
 
+def test_control_clients_before_the_front_end_are_served_once_it_is_there(tmp_path: Path) -> None:
+    """As many clients as the control socket serves may connect before QEMU does: none is
+    refused or kept waiting in connect(), and each is answered once the front-end is there."""
+    from vhostsuite.devices.input.sources import MAX_CLIENTS
+    from vhostsuite.testing.backend import Backend
+    from vhostsuite.testing.frontend import Frontend
+
+    sock, ctl = tmp_path / "in.sock", tmp_path / "ctl.sock"
+    be = Backend([*program("vhost-user-input"), f"--socket-path={sock}", "--virtual=keyboard",
+                  f"--control-socket={ctl}"], tmp_path)  # fmt: skip
+    early: list[socket.socket] = []
+    try:
+        be.wait_listening(sock)
+        for _ in range(MAX_CLIENTS):
+            c = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            c.settimeout(2)
+            c.connect(str(ctl))  # a full backlog would keep it waiting here
+            c.sendall(b'{"query": "state", "id": 7}\n')
+            early.append(c)
+        fe = Frontend.connect(str(sock))
+        fe.initialize()
+        for c in early:
+            c.settimeout(5)
+            reply = json.loads(c.makefile("rb").readline())
+            assert reply.get("id") == 7 and "state" in reply, reply
+        fe.close()
+    finally:
+        for c in early:
+            c.close()
+        be.stop()
+
+
 def test_reset_discards_queued_events(virtual) -> None:
     be, fe, evq, stq, ctl = virtual("keyboard")
     ctl.events([(1, 30, 1), SYN])

@@ -482,6 +482,8 @@ def describe(desc: C.Description) -> dict[str, Any]:
 
 def _listen(path: str) -> socket.socket:
     """A non-blocking listening socket on *path* (a stale socket file is replaced)."""
-    sock = listen(path, "--control-socket", backlog=8)
+    # Clients may connect before the front-end (the loop serves them from then on): as many
+    # as may be served wait in the backlog.
+    sock = listen(path, "--control-socket", backlog=MAX_CLIENTS)
     sock.setblocking(False)
     return sock
