@@ -6,8 +6,11 @@ from __future__ import annotations
 import socket
 import time
 
+import pytest
+
 from vhostsuite.devices.gpu import wire as W
 from vhostsuite.devices.gpu.resources import RESOURCE_COST
+from vhostsuite.devices.gpu.scanouts import staging_limit
 from vhostsuite.testing.frontend_gpu import GpuDisplay, GpuDriver, hdr, open_gpu, set_socket
 
 BGRX = W.VIRTIO_GPU_FORMAT_B8G8R8X8_UNORM
@@ -21,7 +24,8 @@ def _status(pid: int, key: str) -> int:
 
 
 def test_tiny_resources_are_charged_what_they_cost(spawn) -> None:
-    """1x1 resources under --max-hostmem=1M: about 1M / (4 + RESOURCE_COST) of them, not 1M / 4."""
+    """1x1 resources under --max-hostmem=1M: about 1M / (4 + RESOURCE_COST) of them (less the
+    staging reservation), not 1M / 4."""
     be, fe = spawn("vhost-user-gpu", "--max-hostmem=1M")
     with GpuDisplay() as display:
         drv = open_gpu(fe, display)
@@ -30,7 +34,7 @@ def test_tiny_resources_are_charged_what_they_cost(spawn) -> None:
                 for rid in range(1, 2001)]  # fmt: skip
         answers = [W.CTRL_HDR.unpack_from(r)[0] for i in range(0, len(cmds), 30) for r in drv.batch(cmds[i : i + 30])]
         made = answers.count(OK)
-        assert made == (1 << 20) // (4 + RESOURCE_COST)
+        assert made == ((1 << 20) - staging_limit(1 << 20)) // (4 + RESOURCE_COST)
         assert set(answers[made:]) == {OOM}
         assert _status(be.proc.pid, "VmRSS:") - rss0 < 4 << 10  # KiB: bounded by the cap plus slack
         # unref gives the charge back: as many fit again
@@ -53,6 +57,29 @@ def test_tall_narrow_flush_costs_no_object_per_row(spawn) -> None:
         assert drv.flush(1, 1, 0, 1, rows) == OK
         display.wait_updates(before + 1, 10)
         assert _status(be.proc.pid, "VmHWM:") - peak0 < 8 << 10  # KiB
+        assert not display.errors
+
+
+@pytest.mark.parametrize(("w", "h"), [(512, 256), (40000, 1)])
+def test_a_flush_larger_than_the_staging_buffer_goes_in_bands(spawn, w: int, h: int) -> None:
+    """Under --max-hostmem=1M the staging buffer is 128 KiB (reserved in the cap): a 512x256
+    RGBA flush (512 KiB to convert) arrives as UPDATEs of at most that many pixel bytes, which
+    together are the whole converted image; so does a single row longer than the buffer."""
+    limit = staging_limit(1 << 20)
+    be, fe = spawn("vhost-user-gpu", "--max-hostmem=1M")
+    with GpuDisplay(outputs=[(w, h)]) as display:
+        drv = open_gpu(fe, display)
+        pix = bytes((i * 7) & 0xFF for i in range(w * h * 4))
+        drv.make_resource(1, W.VIRTIO_GPU_FORMAT_R8G8B8A8_UNORM, w, h, pix)
+        assert drv.set_scanout(0, 1, 0, 0, w, h) == OK
+        before = display.updates
+        assert drv.flush(1, 0, 0, w, h) == OK
+        display.wait_updates(before + (w * h * 4 + limit - 1) // limit, 10)
+        heads = [W.GPU_UPDATE_HEAD.unpack_from(m.payload) for m in display.of_type(W.VHOST_USER_GPU_UPDATE)]
+        assert len(heads[before:]) > 1 and all(bw * bh * 4 <= limit for _, _, _, bw, bh in heads[before:])
+        shown = display.image(0)[2]
+        # R,G,B,A in guest memory arrive as B,G,R,X
+        assert (shown[0::4], shown[1::4], shown[2::4]) == (pix[2::4], pix[1::4], pix[0::4])
         assert not display.errors
 
 

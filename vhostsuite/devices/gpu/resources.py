@@ -101,9 +101,14 @@ class Resources:
     def __init__(self, max_hostmem: int, on_destroy: Callable[[Resource], None]) -> None:
         self.max_hostmem = max_hostmem
         self.hostmem = 0
+        #: Part of the cap set aside for buffers the device itself keeps (the scanouts' staging).
+        self.reserved = 0
         self.by_id: dict[int, Resource] = {}
         #: Called before a resource goes (its scanouts are disabled there).
         self._on_destroy = on_destroy
+
+    def _fits(self, size: int) -> bool:
+        return self.hostmem + self.reserved + size <= self.max_hostmem
 
     def get(self, rid: int) -> Resource | None:
         return self.by_id.get(rid)
@@ -115,9 +120,9 @@ class Resources:
         if cmd.format not in W.FORMATS or cmd.width == 0 or cmd.height == 0:
             return K.ERR_INVALID_PARAMETER
         size = cmd.width * cmd.height * W.BYTES_PER_PIXEL + RESOURCE_COST
-        if self.hostmem + size > self.max_hostmem:
+        if not self._fits(size):
             guest_log.warn("max-hostmem", "resource %d of %d bytes: over --max-hostmem (%d of %d in use)", rid, size,
-                           self.hostmem, self.max_hostmem)
+                           self.hostmem + self.reserved, self.max_hostmem)
             return K.ERR_OUT_OF_MEMORY
         try:
             res = Resource(rid, cmd.format, cmd.width, cmd.height)
@@ -153,7 +158,7 @@ class Resources:
         if res.backing is not None or mem is None:
             return K.ERR_UNSPEC
         cost = len(cmd.entries) * BACKING_ENTRY_COST
-        if self.hostmem + cost > self.max_hostmem:
+        if not self._fits(cost):
             return K.ERR_OUT_OF_MEMORY
         # merge physically contiguous entries: fewer pieces to walk on every transfer
         runs: list[tuple[int, int]] = []

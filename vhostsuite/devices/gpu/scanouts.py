@@ -2,7 +2,9 @@
 
 A flush sends the resource's own rows when they are whole and already x8r8g8b8 (B8G8R8A8/X8):
 no copy. Otherwise it copies the flushed rectangle once, converted to x8r8g8b8, into a staging
-buffer: O(1) objects per UPDATE whatever the rectangle's shape.
+buffer: O(1) objects per UPDATE whatever the rectangle's shape. The staging buffer is at most
+:func:`staging_limit` bytes, reserved in ``--max-hostmem``; a larger rectangle goes as several
+UPDATEs of whole-row bands (or row pieces, for rows longer than the limit).
 SCANOUT goes to a display before its first UPDATE, and again to every new display.
 """
 
@@ -19,9 +21,13 @@ if TYPE_CHECKING:
     from .display import DisplayChannel
 
 
-#: The largest staging buffer kept between flushes (a 1080p frame's worth); larger ones are
-#: released after use.
-STAGING_KEEP = 1920 * 1080 * 4
+#: The largest staging buffer: a 1080p frame's worth, so a full frame still goes as one UPDATE.
+STAGING_MAX = 1920 * 1080 * 4
+
+
+def staging_limit(max_hostmem: int) -> int:
+    """The staging buffer's size (reserved in *max_hostmem*): at most an eighth of the cap."""
+    return max(4, min(STAGING_MAX, max_hostmem // 8) & ~3)
 
 
 class Scanout:
@@ -40,7 +46,10 @@ class Scanouts:
         self.outputs = [Scanout() for _ in range(W.VIRTIO_GPU_MAX_SCANOUTS)]
         #: Where SCANOUT and UPDATE go (None: QEMU has not given a display socket).
         self.display: DisplayChannel | None = None
-        #: Converted pixels of the last UPDATE that needed a swizzle (reused).
+        #: Converted pixels of the last UPDATE that needed a swizzle (reused while the display
+        #: does not hold it), at most ``staging_max`` bytes, which are reserved in the cap.
+        self.staging_max = staging_limit(resources.max_hostmem)
+        resources.reserved = self.staging_max
         self._staging = bytearray()
 
     def reset(self) -> None:
@@ -127,15 +136,30 @@ class Scanouts:
         if res.swizzle == W.SWIZZLE_NONE and w == res.width:
             # already x8r8g8b8 and whole rows: the resource's own memory, no copy
             pix = res.view[start : start + stride * h]
-        else:
-            # one copy (converted where needed) into the staging buffer: O(1) objects whatever
-            # the rectangle's shape (a view per row of a tall, narrow one would cost ~50x its pixels)
-            n = w * h * 4
+            display.update(sid, x - sc.x, y - sc.y, w, h, pix)
+            return
+        # One copy (converted where needed) into the staging buffer: O(1) objects per UPDATE
+        # whatever the rectangle's shape (a view per row of a tall, narrow one would cost ~50x
+        # its pixels), in bands that fit the buffer.
+        limit = self.staging_max
+        n = w * h * 4
+        if n <= limit:  # one band: the common case
             if len(self._staging) < n or display.output_waiting:
-                # the display channel may still hold the last one: never overwrite it
-                self._staging = bytearray(n)
+                self._staging = bytearray(n)  # the display may still hold the last one
             pixels.swizzle_rect(res.swizzle, res.view, start, stride, self._staging, 0, w * 4, w, h)
-            pix = memoryview(self._staging)[:n]
-        display.update(sid, x - sc.x, y - sc.y, w, h, pix)
-        if len(self._staging) > STAGING_KEEP and not display.output_waiting:
-            self._staging = bytearray()  # a large one is not kept for the next flush
+            display.update(sid, x - sc.x, y - sc.y, w, h, memoryview(self._staging)[:n])
+            return
+        cols = min(w, limit // 4)
+        rows = max(1, limit // (w * 4))
+        for by in range(0, h, rows):
+            bh = min(rows, h - by)
+            for bx in range(0, w, cols):
+                bw = min(cols, w - bx)
+                n = bw * bh * 4
+                if len(self._staging) < n or display.output_waiting:
+                    # the display channel may still hold the last one: never overwrite it
+                    self._staging = bytearray(n)
+                src = start + by * stride + bx * 4
+                pixels.swizzle_rect(res.swizzle, res.view, src, stride, self._staging, 0, bw * 4, bw, bh)
+                if not display.update(sid, x + bx - sc.x, y + by - sc.y, bw, bh, memoryview(self._staging)[:n]):
+                    return  # the display went
