@@ -148,7 +148,12 @@ class Vring:
             close_fds([self.kick_fd])
         self.kick_fd = fd
         if fd is not None:
-            self.loop.add_reader(fd, self._on_kick)
+            try:
+                self.loop.add_reader(fd, self._on_kick)
+            except OSError as e:  # e.g. a regular file, which epoll refuses (EPERM)
+                self.kick_fd = None
+                close_fds([fd])
+                raise ValueError(f"queue {self.index}: the kick fd can't be waited on: {e.strerror}") from None
 
     # -- running -------------------------------------------------------------------------
     def _on_kick(self) -> None:
