@@ -48,3 +48,18 @@ def test_debug_logging_shows_every_warning(spawn) -> None:
         for _ in range(3):
             drv.batch([bad] * 10)
         assert len(_lines(be, "transfer refused")) == 30
+
+
+def test_refused_vhost_user_messages_log_a_bounded_number_of_lines(spawn) -> None:
+    """A front-end's refused messages are rate-limited the same way, per request."""
+    from vhostsuite.core import protocol as P
+
+    be, fe = spawn("vhost-user-rng")
+    fe.set_protocol_features(fe.get_protocol_features())
+    for _ in range(2000):
+        assert fe.call(P.Request.SET_VRING_NUM, P.VRING_STATE.pack(0, 100), need_reply=True) == P.U64.pack(1)
+        assert fe.call(0xABCD, b"", need_reply=True) == P.U64.pack(1)
+    assert len(_lines(be, "SET_VRING_NUM refused")) == guestlog.BURST
+    assert len(_lines(be, "refused: unsupported message")) == guestlog.BURST
+    assert len(be.stderr().splitlines()) < 20, be.stderr()[-2000:]
+    assert be.proc.poll() is None

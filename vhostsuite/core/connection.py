@@ -27,6 +27,7 @@ from collections.abc import Callable
 from . import protocol as P
 from .device import Device, Response
 from .errors import GuestMemoryError, StartupError
+from .guestlog import GuestLog
 from .loop import Loop, signal_eventfd
 from .memory import GuestMemory, Region, close_fds
 from .ring import Chain
@@ -40,6 +41,8 @@ from .virtio import (
 from .vring import Vring
 
 log = logging.getLogger("vhostsuite.connection")
+#: Refused messages, rate-limited: a front-end can't flood the host's logs either.
+refusals = GuestLog(log)
 
 #: Protocol features this core implements (and so may advertise).
 SUPPORTED_PROTOCOL_FEATURES = (
@@ -283,7 +286,9 @@ class Connection:
             reply = handler(msg.payload, fds)
         except (Failed, P.ProtocolError, GuestMemoryError, ValueError) as e:
             ok = False
-            log.error("%s refused: %s", msg.name, e)
+            # rate-limited per request (kinds: the known requests, and one for the rest)
+            kind = msg.name if handler is not None else "unknown request"
+            refusals.error(kind, "%s refused: %s", msg.name, e)
         except (Disconnected, FatalProtocolError):
             raise
         except Exception:

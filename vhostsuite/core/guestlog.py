@@ -1,5 +1,5 @@
-"""Warnings that a guest can cause, rate-limited, so a guest can't write thousands of lines a
-second into the host's logs.
+"""Warnings that a guest (or a front-end) can cause, rate-limited, so the other side can't
+write thousands of lines a second into the host's logs.
 
 The first :data:`BURST` warnings of each kind are logged as they come; after that, at most one
 line per :data:`INTERVAL` seconds per kind says how many were left out and shows the latest.
@@ -24,8 +24,15 @@ class GuestLog:
 
     def warn(self, kind: str, msg: str, *args: object) -> None:
         """Log *msg* % *args* unless this *kind* already had its share."""
+        self._emit(logging.WARNING, kind, msg, args)
+
+    def error(self, kind: str, msg: str, *args: object) -> None:
+        """Like :meth:`warn`, at ERROR level."""
+        self._emit(logging.ERROR, kind, msg, args)
+
+    def _emit(self, level: int, kind: str, msg: str, args: tuple[object, ...]) -> None:
         if self.log.isEnabledFor(logging.DEBUG):
-            self.log.warning(msg, *args)
+            self.log.log(level, msg, *args)
             return
         now = time.monotonic()
         state = self._kinds.get(kind)
@@ -33,13 +40,13 @@ class GuestLog:
             state = self._kinds[kind] = [0, 0, now]
         state[0] += 1
         if state[0] <= BURST:
-            self.log.warning(msg, *args)
+            self.log.log(level, msg, *args)
             if state[0] == BURST:
-                self.log.warning("(more '%s' warnings are counted, one line every %.0f s)", kind, INTERVAL)
+                self.log.log(level, "(more '%s' warnings are counted, one line every %.0f s)", kind, INTERVAL)
             return
         state[1] += 1
         if now - state[2] >= INTERVAL:
             summary = "%d more '%s' warnings in %.0f s; the latest: " + msg
-            self.log.warning(summary, state[1], kind, now - state[2], *args)
+            self.log.log(level, summary, state[1], kind, now - state[2], *args)
             state[1] = 0
             state[2] = now
