@@ -43,7 +43,7 @@ def TestOneInput(data: bytes) -> None:  # noqa: N802 - atheris' name
             except (Disconnected, FatalProtocolError):
                 return
             for ring in conn.rings:
-                conn._run_queue(ring)
+                ring.run()
             try:
                 while theirs.recv(65536):
                     pass
