@@ -57,5 +57,10 @@ def TestOneInput(data: bytes) -> None:  # noqa: N802 - atheris' name
 
 
 if __name__ == "__main__":
+    from vhostsuite.core import ring
+
+    if ring.IMPORT_ERROR is not None:
+        sys.exit(f"the compiled ring is not usable here: {ring.IMPORT_ERROR}")
+    print(f"fuzzing the connection over {ring.Virtqueue.__module__}", file=sys.stderr)
     atheris.Setup(sys.argv, TestOneInput)
     atheris.Fuzz()

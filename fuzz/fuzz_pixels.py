@@ -85,5 +85,6 @@ def TestOneInput(data: bytes) -> None:  # noqa: N802 - atheris' name
 
 
 if __name__ == "__main__":
+    print(f"fuzzing {_pixels.__file__}", file=sys.stderr)  # make fuzz: the instrumented build
     atheris.Setup(sys.argv, TestOneInput)
     atheris.Fuzz()

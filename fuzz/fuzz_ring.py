@@ -53,5 +53,6 @@ def TestOneInput(data: bytes) -> None:  # noqa: N802 - atheris' name
 
 
 if __name__ == "__main__":
+    print(f"fuzzing {_ring.__file__}", file=sys.stderr)  # make fuzz: the instrumented build
     atheris.Setup(sys.argv, TestOneInput)
     atheris.Fuzz()
