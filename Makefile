@@ -11,6 +11,7 @@ prefix      ?= /usr/local
 exec_prefix ?= $(prefix)
 libexecdir  ?= $(exec_prefix)/libexec
 datadir     ?= $(prefix)/share
+mandir      ?= $(datadir)/man
 DESTDIR     ?=
 DEVICES     := gpu input rng
 PYTEST_ARGS ?=
@@ -21,7 +22,7 @@ PYTEST_ARGS ?=
 DEB_PACKAGES := gcc pkg-config libcairo2-dev libdrm-dev busybox-static debootstrap cpio kmod \
                 xz-utils zstd qemu-system-gui
 
-.PHONY: all deps pydeps build debug test check bench demo install uninstall clean lint fuzz fuzz-deps fuzz-build soak
+.PHONY: all deps pydeps build build-inplace debug test check bench demo install uninstall clean lint man deb fuzz fuzz-deps fuzz-build soak
 
 all: build
 
@@ -33,14 +34,25 @@ deps:
 	  apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends $$missing; \
 	else echo "missing system packages, install them as root: apt-get install $$missing" >&2; exit 1; fi
 
+# The Python packages the build, the tests and lint need; pip runs only for those missing.
+PYDEPS := setuptools>=74.1 Cython>=3.0 pytest>=8 pytest-benchmark>=4 hypothesis>=6 ruff evdev>=1.6 pycairo>=1.20
 pydeps: deps
-	$(PIP) install -q 'setuptools>=74.1' 'Cython>=3.0' 'pytest>=8' 'pytest-benchmark>=4' 'hypothesis>=6' ruff \
-	  'evdev>=1.6' 'pycairo>=1.20'
+	@missing=$$($(PYTHON) -c 'import re, sys, importlib.metadata as m; \
+	  v = lambda s: tuple(int(x) for x in re.findall(r"\d+", s)[:3]); \
+	  have = {d.metadata["Name"].lower().replace("_", "-"): d.version for d in m.distributions()}; \
+	  specs = [s.partition(">=") for s in sys.argv[1:]]; \
+	  print(" ".join(n + o + w for n, o, w in specs if n.lower() not in have or (w and v(have[n.lower()]) < v(w))))' \
+	  $(foreach d,$(PYDEPS),'$(d)')); \
+	if [ -z "$$missing" ]; then echo "python packages: all present"; \
+	else echo "installing: $$missing"; $(PIP) install -q $$missing; fi
 
 # The package goes into the interpreter's site-packages (compiled extensions included), and the
 # extensions are also built in place so tests and bin/ run from the source tree.
-build: pydeps
-	$(PIP) install -q --no-build-isolation .
+build: pydeps build-inplace
+	$(PIP) install -q --no-build-isolation --no-deps .
+
+# For packagers (no pip, no apt-get, no network): the extensions in place, for the tests and bin/.
+build-inplace:
 	$(PYTHON) setup.py -q build_ext --inplace
 
 # The extensions in place with Cython's checks on (bounds, wraparound, initialized), line
@@ -77,10 +89,24 @@ pkgpythondir ?= $(libdir)/vhostsuite/python
 PYTHON_ABS    = $(shell $(PYTHON) -c 'import sys; print(sys.executable)')
 REL_PKGPY     = $(shell $(PYTHON) -c 'import os,sys; print(os.path.relpath(sys.argv[1], sys.argv[2]))' $(pkgpythondir) $(libexecdir))
 
-install:
-	$(PIP) install -q --no-deps --no-build-isolation --no-compile --upgrade --target=$(DESTDIR)$(pkgpythondir) .
-	rm -rf $(DESTDIR)$(pkgpythondir)/*.dist-info $(DESTDIR)$(pkgpythondir)/bin
-	install -d $(DESTDIR)$(libexecdir) $(DESTDIR)$(datadir)/qemu/vhost-user
+# Manual pages, made from the programs' own parsers (dated by SOURCE_DATE_EPOCH, else the last
+# commit, so that a rebuild gives the same bytes).
+MAN_DATE ?= $(shell date -u -d @$${SOURCE_DATE_EPOCH:-$$(git -C $(CURDIR) log -1 --format=%ct 2>/dev/null || date +%s)} +%Y-%m-%d)
+man:
+	mkdir -p build/man
+	for d in $(DEVICES); do \
+	  PYTHONPATH=$(CURDIR) $(PYTHON) -m vhostsuite.program.manpage vhost-user-$$d "$(MAN_DATE)" > build/man/vhost-user-$$d.1; \
+	done
+
+# No pip and no network: setuptools builds the package (extensions included) into
+# build/install-lib, which is copied into place.
+install: man
+	rm -rf build/install-lib
+	$(PYTHON) setup.py -q build --build-lib build/install-lib --build-temp build/install-tmp
+	install -d $(DESTDIR)$(pkgpythondir) $(DESTDIR)$(libexecdir) $(DESTDIR)$(datadir)/qemu/vhost-user \
+	  $(DESTDIR)$(mandir)/man1
+	rm -rf $(DESTDIR)$(pkgpythondir)/vhostsuite
+	cp -r build/install-lib/vhostsuite $(DESTDIR)$(pkgpythondir)/
 	for d in $(DEVICES); do \
 	  sed -e '1s|^#!.*|#!$(PYTHON_ABS)|' \
 	      -e '/^import sys$$/a import os\nsys.path.insert(0, os.path.join(os.path.dirname(os.path.realpath(__file__)), "$(REL_PKGPY)"))' \
@@ -88,14 +114,17 @@ install:
 	  chmod 0755 $(DESTDIR)$(libexecdir)/vhost-user-$$d; \
 	  sed 's|@libexecdir@|$(libexecdir)|' data/50-vhostsuite-$$d.json.in \
 	    > $(DESTDIR)$(datadir)/qemu/vhost-user/50-vhostsuite-$$d.json; \
+	  install -m 0644 build/man/vhost-user-$$d.1 $(DESTDIR)$(mandir)/man1/; \
 	done
 
 uninstall:
 	for d in $(DEVICES); do \
-	  rm -f $(DESTDIR)$(libexecdir)/vhost-user-$$d $(DESTDIR)$(datadir)/qemu/vhost-user/50-vhostsuite-$$d.json; \
+	  rm -f $(DESTDIR)$(libexecdir)/vhost-user-$$d $(DESTDIR)$(datadir)/qemu/vhost-user/50-vhostsuite-$$d.json \
+	    $(DESTDIR)$(mandir)/man1/vhost-user-$$d.1; \
 	done
 	rm -rf $(DESTDIR)$(pkgpythondir)
 	-rmdir $(DESTDIR)$(libdir)/vhostsuite $(DESTDIR)$(datadir)/qemu/vhost-user $(DESTDIR)$(datadir)/qemu \
+	  $(DESTDIR)$(mandir)/man1 $(DESTDIR)$(mandir) \
 	  $(DESTDIR)$(libexecdir) $(DESTDIR)$(datadir) $(DESTDIR)$(libdir) $(DESTDIR)$(exec_prefix) $(DESTDIR)$(prefix) 2>/dev/null
 
 # A long mixed-traffic soak on demand: RSS and fds of every back-end must stay flat.
@@ -132,6 +161,11 @@ fuzz: fuzz-build
 	  LD_PRELOAD=$$runtime ASAN_OPTIONS=detect_leaks=0:allocator_may_return_null=1 PYTHONPATH=$(CURDIR)/$(FUZZ_DIR) \
 	    $(PYTHON) $$f -max_total_time=$(FUZZ_SECONDS) -print_final_stats=1 -artifact_prefix=build/ || exit 1; \
 	done
+
+# The Debian package as Debian builds it: dpkg-buildpackage offline in a clean, cached Debian 13
+# root with only the build dependencies, then lintian; the .deb and the logs go to out/deb.
+deb:
+	$(PYTHON) -m vhostsuite.testing.debroot --out out/deb
 
 clean:
 	rm -rf build dist *.egg-info .pytest_cache .benchmarks

@@ -135,3 +135,23 @@ def test_version_names_the_implementation() -> None:
         assert "pure-Python ring and pixel copier (VHOSTSUITE_NO_EXTENSIONS=1)" in r.stdout
     else:
         assert "compiled (Cython) ring and pixel copier" in r.stdout
+
+
+def test_man_pages_name_every_option_and_render_without_warnings(installed: Path) -> None:
+    """The pages come from the programs' own parsers: every option is in its page, and man(1)
+    renders each installed page without a warning."""
+    import importlib
+
+    from vhostsuite.program import manpage
+
+    for prog, module in manpage.PROGRAMS.items():
+        page = (installed / f"usr/share/man/man1/{prog}.1").read_text()
+        for action in importlib.import_module(module).make_parser()._actions:
+            for opt in action.option_strings:
+                assert "\\fB" + opt.replace("-", "\\-") + "\\fR" in page, (prog, opt)
+        if shutil.which("man") is not None:
+            argv = ["man", "--warnings", "-l", str(installed / f"usr/share/man/man1/{prog}.1")]
+            env = {**os.environ, "MANWIDTH": "80"}
+            r = subprocess.run(argv, capture_output=True, text=True, env=env, timeout=60)
+            assert r.returncode == 0 and not r.stderr.strip(), r.stderr
+            assert prog in r.stdout

@@ -65,7 +65,7 @@ def capabilities() -> tuple[str, list[str]]:
     return "rng", []
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def make_parser() -> argparse.ArgumentParser:
     parser = cli.make_parser(
         "vhost-user-rng",
         "vhost-user back-end for virtio-rng: serves the guest random bytes from the host kernel.",
@@ -78,6 +78,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         metavar="PATH",
         help="read random bytes from this file or device instead of getrandom(2)",
     )
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = make_parser()
 
     def make_device(args: argparse.Namespace) -> RngDevice:
         return RngDevice(args.rng_source)
