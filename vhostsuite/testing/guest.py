@@ -73,7 +73,7 @@ import subprocess
 import tempfile
 import time
 import weakref
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -307,29 +307,32 @@ def _qemu_from_tree(root: Path) -> Qemu:
     return Qemu(argv=argv, env=env, version=version)
 
 
+def debootstrap(dest: Path, include: Sequence[str], log: Path) -> subprocess.CompletedProcess[str]:
+    """A minimal Debian :data:`DEBIAN_SUITE` tree in *dest* with *include* (and what they
+    depend on); the output goes to *log*. The caller checks what it needs is there."""
+    _ensure_tools({"debootstrap": "debootstrap"})
+    mirror = os.environ.get("VHOSTSUITE_DEBIAN_MIRROR", _DEFAULT_MIRROR)
+    cmd = [_which("debootstrap") or "debootstrap", "--variant=minbase"]
+    if include:
+        cmd.append("--include=" + ",".join(include))
+    cmd += [DEBIAN_SUITE, str(dest), mirror]
+    res = _run(cmd, timeout=3600, preexec_fn=_die_with_parent)
+    log.write_text(shlex.join(cmd) + "\n" + res.stdout)
+    _unmount_under(dest)
+    return res
+
+
 def _build_qemu_tree(root: Path) -> None:
     """debootstrap QEMU into ``root`` atomically (temp dir + rename). Call with the lock held."""
     if platform_machine() != "x86_64":
         raise Unavailable("provisioning QEMU via debootstrap only supports x86_64 hosts")
     if not _is_root():
         raise Unavailable(f"QEMU >= {'.'.join(map(str, MIN_QEMU_VERSION))} not found and debootstrap needs root")
-    _ensure_tools({"debootstrap": "debootstrap"})
     _clean_stale(root)
     tmp = Path(tempfile.mkdtemp(prefix=root.name + ".tmp-", dir=root.parent))
-    log = root.parent / f"{root.name}.debootstrap.log"
-    mirror = os.environ.get("VHOSTSUITE_DEBIAN_MIRROR", _DEFAULT_MIRROR)
-    cmd = [
-        _which("debootstrap") or "debootstrap",
-        "--variant=minbase",
-        "--include=" + ",".join(QEMU_PACKAGES),
-        DEBIAN_SUITE,
-        str(tmp),
-        mirror,
-    ]
     try:
-        res = _run(cmd, timeout=3600, preexec_fn=_die_with_parent)
-        log.write_text(shlex.join(cmd) + "\n" + res.stdout)
-        _unmount_under(tmp)
+        res = debootstrap(tmp, QEMU_PACKAGES, root.parent / f"{root.name}.debootstrap.log")
+        log = root.parent / f"{root.name}.debootstrap.log"
         if not (tmp / "usr/bin/qemu-system-x86_64").exists():
             raise Unavailable(f"debootstrap of QEMU failed (rc={res.returncode}, log {log}):\n{_tail(res.stdout, 15)}")
         # A failed package *configuration* (rc != 0) still leaves usable, unpacked files;

@@ -1,0 +1,95 @@
+"""The Debian package as a distribution builds and ships it: ``dpkg-buildpackage`` offline in a
+clean Debian 13 root with only the build dependencies (the unit tests run there), lintian
+without errors, installed into a fresh root that has only its run-time dependencies, where
+the installed programs answer ``--print-capabilities`` and serve a real guest."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import Backend
+from tests.e2e.test_rng_e2e import _check_guest_output
+from vhostsuite.testing import debroot
+from vhostsuite.testing.guest import Unavailable
+
+pytestmark = pytest.mark.e2e
+
+DEVICES = ("gpu", "input", "rng")
+
+
+@pytest.fixture(scope="module")
+def deb(tmp_path_factory) -> tuple[Path, str]:
+    if os.geteuid() != 0:
+        pytest.skip("building in a Debian root needs root")
+    out = tmp_path_factory.mktemp("deb")
+    try:
+        return debroot.build_deb(out)
+    except Unavailable as e:
+        pytest.skip(f"no Debian build root here: {e}")
+
+
+@pytest.fixture(scope="module")
+def fresh_root(deb: tuple[Path, str], tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("fresh-root")
+    try:
+        debroot.install_root(deb[0], root)
+    except Unavailable as e:
+        pytest.skip(f"no fresh Debian root here: {e}")
+    yield root
+    shutil.rmtree(root, ignore_errors=True)
+
+
+def test_the_package_holds_what_a_packager_expects(deb: tuple[Path, str]) -> None:
+    path, lint = deb
+    assert not [line for line in lint.splitlines() if line.startswith("E:")], lint
+    listing = subprocess.run(["dpkg-deb", "-c", str(path)], capture_output=True, text=True, check=True).stdout
+    files = {line.split()[-1].removeprefix(".") for line in listing.splitlines()}
+    for d in DEVICES:
+        assert f"/usr/libexec/vhost-user-{d}" in files
+        assert f"/usr/share/qemu/vhost-user/50-vhostsuite-{d}.json" in files
+        assert f"/usr/share/man/man1/vhost-user-{d}.1.gz" in files
+    assert "/usr/share/doc/vhostsuite/copyright" in files
+    exts = [f for f in files if f.startswith("/usr/lib/vhostsuite/python/vhostsuite/") and f.endswith(".so")]
+    assert len(exts) == 2, exts  # the ring and the pixel copier, compiled for Debian's python3
+    fields = subprocess.run(["dpkg-deb", "-f", str(path), "Depends"], capture_output=True, text=True).stdout
+    assert "python3-cairo" in fields and "python3-evdev" in fields and "python3 (>=" in fields, fields
+
+
+def test_the_installed_programs_start_with_the_compiled_core(fresh_root: Path) -> None:
+    for d in DEVICES:
+        prog = fresh_root / f"usr/libexec/vhost-user-{d}"
+        assert prog.read_text().startswith("#!/usr/bin/python3\n")
+        caps = subprocess.run(["chroot", str(fresh_root), f"/usr/libexec/vhost-user-{d}", "--print-capabilities"],
+                              capture_output=True, text=True, timeout=30)  # fmt: skip
+        assert caps.returncode == 0, caps.stderr
+        assert json.loads(caps.stdout)["type"] == d
+        version = subprocess.run(["chroot", str(fresh_root), f"/usr/libexec/vhost-user-{d}", "--version"],
+                                 capture_output=True, text=True, timeout=30)  # fmt: skip
+        assert "compiled (Cython)" in version.stdout, version.stdout + version.stderr
+    # byte-compiled by the package's maintainer scripts (dh_python3), not shipped
+    assert list((fresh_root / "usr/lib/vhostsuite/python/vhostsuite/core").glob("__pycache__/*.pyc"))
+
+
+def test_the_installed_rng_serves_a_guest(fresh_root: Path, vm_factory, tmp_path: Path) -> None:
+    sock = fresh_root / "tmp/rng.sock"
+    sock.unlink(missing_ok=True)
+    be = Backend(["chroot", str(fresh_root), "/usr/libexec/vhost-user-rng", "--socket-path=/tmp/rng.sock", "-v"],
+                 tmp_path)  # fmt: skip
+    try:
+        be.wait_listening(sock)
+        devices = ["-chardev", f"socket,id=rng0,path={sock}", "-device", "vhost-user-rng-pci,chardev=rng0"]
+        vm = vm_factory("rng", devices)
+        done = vm.wait_for(r"^VHS-DONE rc=(\d+)", timeout=240)
+        out = vm.serial_text()
+        assert done[1] == "0", out
+        _check_guest_output(out)
+        assert vm.wait_exit(60) == 0
+        assert be.wait(10) == 0, be.stderr()
+    finally:
+        be.stop()
