@@ -148,7 +148,8 @@ def build_deb(out: Path, src: Path = SOURCE) -> tuple[Path, str]:
 def install_root(deb: Path, dest: Path) -> None:
     """A fresh root in *dest* with only *deb*'s run-time dependencies, and *deb* installed there."""
     depends = _run(["dpkg-deb", "-f", str(deb), "Depends"]).stdout
-    names = sorted({d.split("(")[0].split("|")[0].strip() for d in depends.split(",") if d.strip()})
+    # "python3 (>= 3.13~)", "python3:any", "a | b": the package names debootstrap wants
+    names = sorted({d.split("|")[0].split("(")[0].split(":")[0].strip() for d in depends.split(",") if d.strip()})
     root = cache_dir() / f"debrun-{DEBIAN_SUITE}"
     digest = hashlib.sha256(" ".join(names).encode()).hexdigest()[:16]
     with _locked(root.name):
