@@ -8,12 +8,16 @@
 
 from __future__ import annotations
 
+import os
+import shutil
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from vhostsuite import NO_EXTENSIONS
+from vhostsuite.testing import debroot
 from vhostsuite.testing.guest import VM, Guest, Qemu, Unavailable, provision_guest, provision_qemu
 
 
@@ -55,3 +59,29 @@ def vm_factory(qemu: Qemu, guest: Guest, tmp_path: Path) -> Iterator[Callable[..
     finally:
         for vm in vms:
             vm.close()
+
+
+@pytest.fixture(scope="session")
+def deb(tmp_path_factory) -> tuple[Path, str]:
+    """The .deb built as ``make deb`` builds it, and lintian's report (built once a session)."""
+    if NO_EXTENSIONS:
+        pytest.skip("the package is built the same either way: its tests run in the compiled pass")
+    if os.geteuid() != 0:
+        pytest.skip("building in a Debian root needs root")
+    out = tmp_path_factory.mktemp("deb")
+    try:
+        return debroot.build_deb(out)
+    except Unavailable as e:
+        pytest.skip(f"no Debian build root here: {e}")
+
+
+@pytest.fixture(scope="session")
+def fresh_root(deb: tuple[Path, str], tmp_path_factory) -> Iterator[Path]:
+    """A fresh Debian root with only the run-time dependencies, and the .deb installed there."""
+    root = tmp_path_factory.mktemp("fresh-root")
+    try:
+        debroot.install_root(deb[0], root)
+    except Unavailable as e:
+        pytest.skip(f"no fresh Debian root here: {e}")
+    yield root
+    shutil.rmtree(root, ignore_errors=True)

@@ -6,7 +6,6 @@ the installed programs answer ``--print-capabilities`` and serve a real guest.""
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import subprocess
 from pathlib import Path
@@ -15,34 +14,10 @@ import pytest
 
 from tests.conftest import Backend
 from tests.e2e.test_rng_e2e import _check_guest_output
-from vhostsuite.testing import debroot
-from vhostsuite.testing.guest import Unavailable
 
 pytestmark = pytest.mark.e2e
 
 DEVICES = ("gpu", "input", "rng")
-
-
-@pytest.fixture(scope="module")
-def deb(tmp_path_factory) -> tuple[Path, str]:
-    if os.geteuid() != 0:
-        pytest.skip("building in a Debian root needs root")
-    out = tmp_path_factory.mktemp("deb")
-    try:
-        return debroot.build_deb(out)
-    except Unavailable as e:
-        pytest.skip(f"no Debian build root here: {e}")
-
-
-@pytest.fixture(scope="module")
-def fresh_root(deb: tuple[Path, str], tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("fresh-root")
-    try:
-        debroot.install_root(deb[0], root)
-    except Unavailable as e:
-        pytest.skip(f"no fresh Debian root here: {e}")
-    yield root
-    shutil.rmtree(root, ignore_errors=True)
 
 
 def test_the_package_holds_what_a_packager_expects(deb: tuple[Path, str]) -> None:
@@ -62,15 +37,17 @@ def test_the_package_holds_what_a_packager_expects(deb: tuple[Path, str]) -> Non
 
 
 def test_the_installed_programs_start_with_the_compiled_core(fresh_root: Path) -> None:
+    env = {"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8"}  # the installed programs as a user starts them
+    chroot = shutil.which("chroot") or "/usr/sbin/chroot"
     for d in DEVICES:
         prog = fresh_root / f"usr/libexec/vhost-user-{d}"
         assert prog.read_text().startswith("#!/usr/bin/python3\n")
-        caps = subprocess.run(["chroot", str(fresh_root), f"/usr/libexec/vhost-user-{d}", "--print-capabilities"],
-                              capture_output=True, text=True, timeout=30)  # fmt: skip
+        caps = subprocess.run([chroot, str(fresh_root), f"/usr/libexec/vhost-user-{d}", "--print-capabilities"],
+                              capture_output=True, text=True, timeout=30, env=env)  # fmt: skip
         assert caps.returncode == 0, caps.stderr
         assert json.loads(caps.stdout)["type"] == d
-        version = subprocess.run(["chroot", str(fresh_root), f"/usr/libexec/vhost-user-{d}", "--version"],
-                                 capture_output=True, text=True, timeout=30)  # fmt: skip
+        version = subprocess.run([chroot, str(fresh_root), f"/usr/libexec/vhost-user-{d}", "--version"],
+                                 capture_output=True, text=True, timeout=30, env=env)  # fmt: skip
         assert "compiled (Cython)" in version.stdout, version.stdout + version.stderr
     # byte-compiled by the package's maintainer scripts (dh_python3), not shipped
     assert list((fresh_root / "usr/lib/vhostsuite/python/vhostsuite/core").glob("__pycache__/*.pyc"))
