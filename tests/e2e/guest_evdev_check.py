@@ -71,17 +71,7 @@ def start(path: str, *extra: str) -> tuple[subprocess.Popen, Frontend]:
 
 
 def events(q, n: int, timeout: float = 30) -> list[tuple[int, int, int]]:
-    out: list[tuple[int, int, int]] = []
-    deadline = time.monotonic() + timeout
-    while len(out) < n:
-        used = q.poll_used()
-        if not used:
-            if time.monotonic() > deadline:
-                raise AssertionError(f"{len(out)} of {n} events after {timeout}s: {out}")
-            q.wait_call(0.2)
-            continue
-        out += [EV.unpack(u.data) for u in used]
-    return out
+    return [EV.unpack(u.data) for u in q.wait_used(n, timeout)]
 
 
 def nothing_to_read(dev: evdev.InputDevice, wait: float = 1.0) -> bool:

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import Backend
-from tests.e2e.test_rng_e2e import _check_guest_output
+from tests.e2e.test_rng_e2e import serve_rng_guest
 
 pytestmark = pytest.mark.e2e
 
@@ -60,13 +60,6 @@ def test_the_installed_rng_serves_a_guest(fresh_root: Path, vm_factory, tmp_path
                  tmp_path)  # fmt: skip
     try:
         be.wait_listening(sock)
-        devices = ["-chardev", f"socket,id=rng0,path={sock}", "-device", "vhost-user-rng-pci,chardev=rng0"]
-        vm = vm_factory("rng", devices)
-        done = vm.wait_for(r"^VHS-DONE rc=(\d+)", timeout=240)
-        out = vm.serial_text()
-        assert done[1] == "0", out
-        _check_guest_output(out)
-        assert vm.wait_exit(60) == 0
-        assert be.wait(10) == 0, be.stderr()
+        serve_rng_guest(vm_factory, be, f"socket,id=rng0,path={sock}")
     finally:
         be.stop()

@@ -26,6 +26,23 @@ def _check_guest_output(out: str) -> None:
     assert blocks[0] != blocks[1]
 
 
+def serve_rng_guest(vm_factory, be: Backend, chardev: str, pass_fds: tuple[int, ...] = (),
+                    keep: socket.socket | None = None) -> None:  # fmt: skip
+    """Boot the rng guest with back-end *be* on *chardev*: it reads two blocks of random bytes,
+    and when QEMU exits the back-end ends with status 0. *keep* is closed once QEMU has it."""
+    vm = vm_factory("rng", ["-chardev", chardev, "-device", "vhost-user-rng-pci,chardev=rng0"], pass_fds=pass_fds)
+    if keep is not None:
+        keep.close()
+    done = vm.wait_for(r"^VHS-DONE rc=(\d+)", timeout=240)
+    out = vm.serial_text()
+    assert done[1] == "0", out
+    _check_guest_output(out)
+    assert vm.wait_exit(60) == 0
+    # QEMU exited: the front-end hung up, and the back-end ends with status 0
+    assert be.wait(10) == 0, be.stderr()
+    assert "hung up" in be.stderr()
+
+
 @pytest.mark.parametrize("mode", ["socket-path", "fd"])
 def test_guest_reads_hwrng_from_our_backend(vm_factory, tmp_path, mode):
     if mode == "socket-path":
@@ -44,21 +61,7 @@ def test_guest_reads_hwrng_from_our_backend(vm_factory, tmp_path, mode):
     try:
         if mode == "socket-path":
             be.wait_listening(path)
-        vm = vm_factory(
-            "rng",
-            ["-chardev", chardev, "-device", "vhost-user-rng-pci,chardev=rng0"],
-            pass_fds=pass_fds,
-        )
-        if keep is not None:
-            keep.close()
-        done = vm.wait_for(r"^VHS-DONE rc=(\d+)", timeout=240)
-        out = vm.serial_text()
-        assert done[1] == "0", out
-        _check_guest_output(out)
-        assert vm.wait_exit(60) == 0
-        # QEMU exited: the front-end hung up, and the back-end ends with status 0
-        assert be.wait(10) == 0, be.stderr()
-        assert "hung up" in be.stderr()
+        serve_rng_guest(vm_factory, be, chardev, pass_fds, keep)
     finally:
         be.stop()
         if keep is not None:

@@ -22,6 +22,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from .guest import (
@@ -78,42 +79,53 @@ def _copy_source(src: Path, dest: Path) -> None:
             shutil.copy2(path, dest / name)
 
 
+def _cached_root(root: Path, digest: str, include: Sequence[str], finish: Callable[[Path], None]) -> None:
+    """Make *root* (call with its lock held) unless it was made for *digest*: debootstrap with
+    *include*, then *finish* the tree; built beside it and renamed, so a root is whole or absent."""
+    stamp = root / _STAMP
+    if stamp.exists() and stamp.read_text() == digest:
+        return
+    _rmtree(root)
+    _clean_stale(root)
+    tmp = Path(tempfile.mkdtemp(prefix=root.name + ".tmp-", dir=root.parent))
+    try:
+        res = debootstrap(tmp, include, root.parent / f"{root.name}.debootstrap.log")
+        if res.returncode != 0:
+            raise Unavailable(f"debootstrap of {root.name} failed:\n{_tail(res.stdout, 15)}")
+        finish(tmp)
+        for cached in (tmp / "var/cache/apt/archives").glob("*.deb"):
+            cached.unlink()
+        (tmp / _STAMP).write_text(digest)
+        tmp.chmod(0o755)
+        os.rename(tmp, root)
+    except BaseException:
+        _rmtree(tmp)
+        raise
+
+
 def build_root(src: Path = SOURCE) -> Path:
     """The cached build root for *src*'s debian/control (made when missing or out of date)."""
     if not _is_root():
         raise Unavailable("building the Debian package in a clean root needs root (debootstrap, chroot)")
     root = cache_dir() / f"debbuild-{DEBIAN_SUITE}"
-    digest = _control_digest(src)
+
+    def build_deps(tmp: Path) -> None:
+        shutil.copy("/etc/resolv.conf", tmp / "etc/resolv.conf")
+        (tmp / "build/deps/debian").mkdir(parents=True)
+        for name in ("control", "changelog"):
+            shutil.copy(src / "debian" / name, tmp / "build/deps/debian" / name)
+        res = _chroot(
+            tmp,
+            "apt-get update -q && apt-get build-dep -y -q --no-install-recommends /build/deps && "
+            f"apt-get install -y -q --no-install-recommends {' '.join(BUILD_TOOLS)} && apt-get clean",
+            network=True,
+        )
+        if res.returncode != 0:
+            raise Unavailable(f"installing the build dependencies failed:\n{_tail(res.stdout, 15)}")
+        shutil.rmtree(tmp / "build/deps")
+
     with _locked(root.name):
-        stamp = root / _STAMP
-        if stamp.exists() and stamp.read_text() == digest:
-            return root
-        _rmtree(root)
-        _clean_stale(root)
-        tmp = Path(tempfile.mkdtemp(prefix=root.name + ".tmp-", dir=root.parent))
-        try:
-            res = debootstrap(tmp, (), root.parent / f"{root.name}.debootstrap.log")
-            if res.returncode != 0:
-                raise Unavailable(f"debootstrap of the build root failed:\n{_tail(res.stdout, 15)}")
-            shutil.copy("/etc/resolv.conf", tmp / "etc/resolv.conf")
-            (tmp / "build/deps/debian").mkdir(parents=True)
-            for name in ("control", "changelog"):
-                shutil.copy(src / "debian" / name, tmp / "build/deps/debian" / name)
-            res = _chroot(
-                tmp,
-                "apt-get update -q && apt-get build-dep -y -q --no-install-recommends /build/deps && "
-                f"apt-get install -y -q --no-install-recommends {' '.join(BUILD_TOOLS)} && apt-get clean",
-                network=True,
-            )
-            if res.returncode != 0:
-                raise Unavailable(f"installing the build dependencies failed:\n{_tail(res.stdout, 15)}")
-            shutil.rmtree(tmp / "build/deps")
-            (tmp / _STAMP).write_text(digest)
-            tmp.chmod(0o755)
-            os.rename(tmp, root)
-        except BaseException:
-            _rmtree(tmp)
-            raise
+        _cached_root(root, _control_digest(src), (), build_deps)
     return root
 
 
@@ -153,22 +165,7 @@ def install_root(deb: Path, dest: Path) -> None:
     root = cache_dir() / f"debrun-{DEBIAN_SUITE}"
     digest = hashlib.sha256(" ".join(names).encode()).hexdigest()[:16]
     with _locked(root.name):
-        if not ((root / _STAMP).exists() and (root / _STAMP).read_text() == digest):
-            _rmtree(root)
-            _clean_stale(root)
-            tmp = Path(tempfile.mkdtemp(prefix=root.name + ".tmp-", dir=root.parent))
-            try:
-                res = debootstrap(tmp, names, root.parent / f"{root.name}.debootstrap.log")
-                if res.returncode != 0:
-                    raise Unavailable(f"debootstrap of the install root failed:\n{_tail(res.stdout, 15)}")
-                for cached in (tmp / "var/cache/apt/archives").glob("*.deb"):
-                    cached.unlink()
-                (tmp / _STAMP).write_text(digest)
-                tmp.chmod(0o755)
-                os.rename(tmp, root)
-            except BaseException:
-                _rmtree(tmp)
-                raise
+        _cached_root(root, digest, names, lambda tmp: None)
         res = _run(["cp", "-a", "--reflink=auto", f"{root}/.", str(dest)])
         if res.returncode != 0:
             raise Unavailable(f"copying the install root failed: {_tail(res.stdout, 5)}")
