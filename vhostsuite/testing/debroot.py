@@ -157,15 +157,29 @@ def build_deb(out: Path, src: Path = SOURCE) -> tuple[Path, str]:
     return out / main[0].name, lint.stdout
 
 
-def install_root(deb: Path, dest: Path) -> None:
-    """A fresh root in *dest* with only *deb*'s run-time dependencies, and *deb* installed there."""
+def install_root(deb: Path, dest: Path, extra: Sequence[str] = ()) -> None:
+    """A fresh root in *dest* with only *deb*'s run-time dependencies (and the packages *extra*,
+    e.g. libvirt), and *deb* installed there."""
     depends = _run(["dpkg-deb", "-f", str(deb), "Depends"]).stdout
     # "python3 (>= 3.13~)", "python3:any", "a | b": the package names debootstrap wants
     names = sorted({d.split("|")[0].split("(")[0].split(":")[0].strip() for d in depends.split(",") if d.strip()})
-    root = cache_dir() / f"debrun-{DEBIAN_SUITE}"
-    digest = hashlib.sha256(" ".join(names).encode()).hexdigest()[:16]
+    flavor = "debrun" if not extra else "debrun-" + hashlib.sha256(" ".join(sorted(extra)).encode()).hexdigest()[:8]
+    root = cache_dir() / f"{flavor}-{DEBIAN_SUITE}"
+    digest = hashlib.sha256(" ".join(names + sorted(extra)).encode()).hexdigest()[:16]
+
+    def add_extra(tmp: Path) -> None:
+        # apt, not debootstrap: it resolves what debootstrap can't (systemd's pre-dependencies)
+        if not extra:
+            return
+        shutil.copy("/etc/resolv.conf", tmp / "etc/resolv.conf")
+        packages = " ".join(extra)
+        script = f"apt-get update -q && apt-get install -y -q --no-install-recommends {packages} && apt-get clean"
+        res = _chroot(tmp, script, network=True)
+        if res.returncode != 0:
+            raise Unavailable(f"installing {' '.join(extra)} failed:\n{_tail(res.stdout, 15)}")
+
     with _locked(root.name):
-        _cached_root(root, digest, names, lambda tmp: None)
+        _cached_root(root, digest, names, add_extra)
         res = _run(["cp", "-a", "--reflink=auto", f"{root}/.", str(dest)])
         if res.returncode != 0:
             raise Unavailable(f"copying the install root failed: {_tail(res.stdout, 5)}")
