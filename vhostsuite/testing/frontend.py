@@ -491,6 +491,20 @@ class Frontend:
             self.set_status(ready | VIRTIO_CONFIG_S_DRIVER_OK)
         self.get_features()
 
+    def reconnect(self, queues: list[DriverQueue], features: int) -> None:
+        """What QEMU does when a back-end comes back under a running guest: a new connection,
+        initialised in full, memory, and the guest's *queues* from the bases QEMU has then (no
+        GET_VRING_BASE came from a dead back-end, so it takes each ring's used index, as its
+        virtio_queue_restore_last_avail_idx: what was popped and not answered is popped again)."""
+        self.initialize()
+        self.set_features(features | (self.get_features() & bit(P.VHOST_USER_F_PROTOCOL_FEATURES)))
+        if self.protocol_features & bit(P.ProtocolFeature.CONFIGURE_MEM_SLOTS):
+            self.add_mem_regions()
+        else:
+            self.set_mem_table()
+        self.queues = list(queues)
+        self.resume([q.used_idx() for q in queues])
+
     def stop(self) -> list[int]:
         """What QEMU does at a reset or a VM stop: disable, GET_VRING_BASE (which stops each
         ring), then SET_STATUS 0; the bases."""
