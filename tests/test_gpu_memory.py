@@ -28,7 +28,7 @@ def _mapped_offsets(pid: int) -> set[int]:
     with open(f"/proc/{pid}/maps") as f:
         for line in f:
             fields = line.split()
-            if len(fields) >= 6 and "vhostsuite-guest-ram" in fields[5]:
+            if len(fields) >= 6 and GuestRam.MEMFD_NAME in fields[5]:
                 offsets.add(int(fields[2], 16))
     return offsets
 
@@ -79,10 +79,10 @@ def test_a_mem_table_sent_again_unchanged_keeps_backings_and_one_mapping(spawn) 
         drv_ctrl, drv_cursor = fe.start([64, 16])
         drv = GpuDriver(fe, drv_ctrl, drv_cursor)
         backing = _backed_resource(drv, ram)
-        maps_before = open(f"/proc/{be.proc.pid}/maps").read().count("vhostsuite-guest-ram")
+        maps_before = open(f"/proc/{be.proc.pid}/maps").read().count(GuestRam.MEMFD_NAME)
         for _ in range(3):
             fe.set_mem_table()
-        assert open(f"/proc/{be.proc.pid}/maps").read().count("vhostsuite-guest-ram") == maps_before
+        assert open(f"/proc/{be.proc.pid}/maps").read().count(GuestRam.MEMFD_NAME) == maps_before
         # the backing still reads the guest's pages: new content arrives on the scanout
         pattern = bytes([0x11, 0x22, 0x33, 0xFF]) * (W_ * H_)
         backing.write(0, pattern)

@@ -53,13 +53,16 @@ def _align(n: int, a: int) -> int:
 class GuestRam:
     """memfd-backed guest RAM shared with the back-end, split into *regions* equal regions."""
 
+    #: The memfd's name, as the back-end's /proc/PID/maps shows it.
+    MEMFD_NAME = "vhostsuite-guest-ram"
+
     def __init__(self, size: int = 64 << 20, regions: int = 1, gpa_base: int = 0) -> None:
         import mmap
 
         if size % (regions * mmap.PAGESIZE):
             raise ValueError("size must split into whole pages per region")
         self.size = size
-        self.fd = os.memfd_create("vhostsuite-guest-ram", os.MFD_CLOEXEC)
+        self.fd = os.memfd_create(self.MEMFD_NAME, os.MFD_CLOEXEC)
         os.ftruncate(self.fd, size)
         self.mm = mmap.mmap(self.fd, size, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
         self.view = memoryview(self.mm)
