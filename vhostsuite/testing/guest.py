@@ -276,8 +276,9 @@ def _probe_qemu(argv: list[str], env: dict[str, str]) -> tuple[tuple[int, int, i
     return (_parse_version(res.stdout) if res.returncode == 0 else None), res.stdout
 
 
-def _qemu_from_tree(root: Path) -> Qemu:
-    """Build the :class:`Qemu` that runs the debootstrapped QEMU through the tree's own ld.so."""
+def _qemu_from_tree(root: Path, binary: Path | None = None) -> Qemu:
+    """Build the :class:`Qemu` that runs the debootstrapped QEMU (or *binary*, built in the
+    tree) through the tree's own ld.so, with its libraries and firmware."""
     libdirs = [root / "lib/x86_64-linux-gnu", root / "usr/lib/x86_64-linux-gnu"]
     for conf in sorted((root / "etc/ld.so.conf.d").glob("*.conf")):
         for line in conf.read_text(errors="replace").splitlines():
@@ -292,7 +293,7 @@ def _qemu_from_tree(root: Path) -> Qemu:
         ":".join(map(str, libdirs)),
         "--argv0",
         "qemu-system-x86_64",
-        str(root / "usr/bin/qemu-system-x86_64"),
+        str(binary or root / "usr/bin/qemu-system-x86_64"),
     ]
     for d in firmware:
         argv += ["-L", str(d)]
