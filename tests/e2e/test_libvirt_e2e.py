@@ -10,8 +10,12 @@ QEMU's own back-end (qemu-system-gui) is installed there too, as Debian recommen
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
+import os
 import shutil
 import subprocess
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -36,6 +40,12 @@ namespaces = [ ]
 stdio_handler = "file"
 remember_owner = 0
 """
+#: What libvirt runs, in a log of its own: it shows libvirt asked our program what it can do.
+LIBVIRTD_CONF = """
+log_filters = "1:util.command"
+log_outputs = "1:file:/var/log/libvirt/commands.log"
+"""
+PR_SET_CHILD_SUBREAPER = 36
 DOMAIN = """<domain type='qemu'>
   <name>vhs-gpu</name>
   <memory unit='MiB'>512</memory>
@@ -101,6 +111,8 @@ def virt_root(deb: tuple[Path, str], guest: Guest, tmp_path_factory) -> Iterator
         pytest.skip(f"no Debian root with libvirt here: {e}")
     with open(root / "etc/libvirt/qemu.conf", "a") as f:
         f.write(QEMU_CONF)
+    with open(root / "etc/libvirt/libvirtd.conf", "a") as f:
+        f.write(LIBVIRTD_CONF)
     images = root / "var/lib/libvirt/images"
     images.mkdir(parents=True, exist_ok=True)
     shutil.copy(guest.kernel, images / "vmlinuz")
@@ -108,6 +120,58 @@ def virt_root(deb: tuple[Path, str], guest: Guest, tmp_path_factory) -> Iterator
     (root / "tmp/dom.xml").write_text(DOMAIN)
     yield root
     shutil.rmtree(root, ignore_errors=True)
+
+
+class Orphans:
+    """Adopt the processes libvirt daemonises (prctl PR_SET_CHILD_SUBREAPER): the back-end's
+    exit status is then ours to read. They are reaped as they end, by a thread: libvirt waits
+    for QEMU to be gone, and a zombie of ours would not be."""
+
+    NAMES = ("vhost-user-gpu", "qemu-system-x86")  # /proc/PID/comm, at most 15 bytes
+
+    def __init__(self) -> None:
+        self.status: dict[int, int] = {}
+        self._stop = threading.Event()
+        self._prctl(1)
+        self._thread = threading.Thread(target=self._reap, daemon=True)
+        self._thread.start()
+
+    @staticmethod
+    def _prctl(on: int) -> None:
+        if ctypes.CDLL(None, use_errno=True).prctl(PR_SET_CHILD_SUBREAPER, on, 0, 0, 0) != 0:
+            raise OSError(ctypes.get_errno(), "prctl(PR_SET_CHILD_SUBREAPER)")
+
+    def _adopted(self) -> list[int]:
+        me, pids = os.getpid(), []
+        for stat in Path("/proc").glob("[0-9]*/stat"):
+            try:
+                text = stat.read_text()
+            except OSError:
+                continue
+            comm, rest = text[text.index("(") + 1 : text.rindex(")")], text[text.rindex(")") + 2 :].split()
+            if int(rest[1]) == me and comm in self.NAMES:
+                pids.append(int(stat.parent.name))
+        return pids
+
+    def _reap(self) -> None:
+        while not self._stop.wait(0.05):
+            for pid in self._adopted():
+                with contextlib.suppress(ChildProcessError):
+                    done, status = os.waitpid(pid, os.WNOHANG)
+                    if done:
+                        self.status[pid] = os.waitstatus_to_exitcode(status)
+
+    def wait(self, pid: int, timeout: float) -> int | None:
+        """*pid*'s exit status once it ended (None if it did not within *timeout*)."""
+        deadline = time.monotonic() + timeout
+        while pid not in self.status and time.monotonic() < deadline:
+            time.sleep(0.05)
+        return self.status.get(pid)
+
+    def close(self) -> None:
+        self._prctl(0)
+        self._stop.set()
+        self._thread.join()
 
 
 def _gpu_backends() -> list[str]:
@@ -143,12 +207,18 @@ def test_libvirt_launches_ours_and_the_drawing_reaches_virsh_screenshot(virt_roo
     link = etc / "40-vhostsuite-gpu.json"
     link.unlink(missing_ok=True)
     link.symlink_to("/usr/share/qemu/vhost-user/50-vhostsuite-gpu.json")  # the README's recipe
+    commands = virt_root / "var/log/libvirt/commands.log"
+    commands.unlink(missing_ok=True)
+    orphans = Orphans()
     lv = Libvirtd(virt_root, tmp_path / "libvirtd.log")
     try:
         started = _start(virt_root, lv)
         assert started.returncode == 0, started.stdout + started.stderr
+        # libvirt asked the program what it can do, then launched it with --fd
+        assert "About to run /usr/libexec/vhost-user-gpu --print-capabilities" in commands.read_text()
         (ours,) = _gpu_backends()
-        assert "/usr/libexec/vhost-user-gpu --fd=" in ours, ours  # launched by libvirt, with --fd
+        assert "/usr/libexec/vhost-user-gpu --fd=" in ours, ours
+        backend_pid = int(ours.split()[0])
         serial = virt_root / "tmp/serial.log"
         deadline = time.monotonic() + 300
         while "GPU-FRAME1" not in (serial.read_text(errors="replace") if serial.exists() else ""):
@@ -170,10 +240,10 @@ def test_libvirt_launches_ours_and_the_drawing_reaches_virsh_screenshot(virt_roo
         else:
             raise AssertionError(f"virsh screenshot never showed the drawing: {note}")
         assert lv.virsh("destroy", "vhs-gpu").returncode == 0
-        deadline = time.monotonic() + 20
-        while _gpu_backends() and time.monotonic() < deadline:  # the domain went: so does its back-end
-            time.sleep(0.2)
+        # the domain went: so does its back-end, cleanly (libvirt sends SIGTERM)
+        assert orphans.wait(backend_pid, 20) == 0
         assert not _gpu_backends()
     finally:
         link.unlink(missing_ok=True)
         lv.stop()
+        orphans.close()
