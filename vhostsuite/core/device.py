@@ -34,8 +34,8 @@ they complete.
 from __future__ import annotations
 
 import logging
+from collections import namedtuple
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
 if TYPE_CHECKING:
@@ -59,15 +59,14 @@ Response = bytes | bytearray | memoryview | _Pending | None
 Handler = Callable[["Chain"], Response]
 
 
-@dataclass(frozen=True)
-class QueueSpec:
-    """One virtqueue of a device."""
+class QueueSpec(namedtuple("QueueSpec", "name handler serial", defaults=(False,))):
+    """One virtqueue of a device: its *name*, the *handler* (a :data:`Handler`) the core hands
+    each chain to, and *serial*: True when a pending chain holds the queue (nothing more is
+    popped until it completes), for queues whose commands must run in order; False (the
+    default) when the core keeps popping meanwhile. (A named tuple, not a dataclass: importing
+    dataclasses costs every program ~8 ms at start-up.)"""
 
-    name: str
-    handler: Handler
-    #: True: a pending chain holds the queue (nothing more is popped until it completes), for
-    #: queues whose commands must run in order. False: the core keeps popping meanwhile.
-    serial: bool = False
+    __slots__ = ()
 
 
 class DeviceContext(Protocol):

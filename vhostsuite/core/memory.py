@@ -11,7 +11,6 @@ import bisect
 import mmap
 import os
 import stat
-from dataclasses import dataclass, field
 
 from .. import NO_EXTENSIONS
 from .errors import GuestMemoryError
@@ -20,17 +19,32 @@ from .protocol import MemRegion
 _PAGE = mmap.PAGESIZE
 
 
-@dataclass(eq=False)
 class Region:
-    """One mapped region: guest-physical and front-end-virtual ranges over one mapping."""
+    """One mapped region: guest-physical and front-end-virtual ranges over one mapping.
 
-    gpa: int
-    size: int
-    uva: int
-    mm: mmap.mmap | None
-    view: memoryview = field(repr=False)
-    #: What the region maps: (st_dev, st_ino, mmap_offset) of its file; None for our own memory.
-    source: tuple[int, int, int] | None = None
+    Compared by identity: two mappings of the same range are two regions."""
+
+    __slots__ = ("gpa", "size", "uva", "mm", "view", "source")
+
+    def __init__(
+        self,
+        gpa: int,
+        size: int,
+        uva: int,
+        mm: mmap.mmap | None,
+        view: memoryview,
+        source: tuple[int, int, int] | None = None,
+    ) -> None:
+        self.gpa = gpa
+        self.size = size
+        self.uva = uva
+        self.mm = mm
+        self.view = view
+        #: What the region maps: (st_dev, st_ino, mmap_offset) of its file; None for our own memory.
+        self.source = source
+
+    def __repr__(self) -> str:
+        return f"Region(gpa={self.gpa:#x}, size={self.size:#x}, uva={self.uva:#x}, source={self.source})"
 
     @property
     def gpa_end(self) -> int:

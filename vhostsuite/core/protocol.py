@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import enum
 import struct
-from dataclasses import dataclass
+from collections import namedtuple
 
 
 class Request(enum.IntEnum):
@@ -168,14 +168,14 @@ class ProtocolError(Exception):
     """A message that violates the protocol (bad size, missing fd, ...)."""
 
 
-@dataclass(frozen=True, slots=True)
-class Message:
-    """One decoded header plus its raw payload and the fds that came with it."""
+# The decoded records are named tuples: as immutable as frozen dataclasses, and without the
+# import of dataclasses (and inspect) at every start.
 
-    request: int
-    flags: int
-    payload: bytes
-    fds: tuple[int, ...] = ()
+
+class Message(namedtuple("Message", "request flags payload fds", defaults=((),))):
+    """One decoded header (request, flags) plus its raw payload and the fds that came with it."""
+
+    __slots__ = ()
 
     @property
     def need_reply(self) -> bool:
@@ -189,26 +189,12 @@ class Message:
             return f"UNKNOWN({self.request})"
 
 
-@dataclass(frozen=True, slots=True)
-class MemRegion:
-    """``VhostUserMemoryRegion``."""
-
-    guest_phys_addr: int
-    memory_size: int
-    userspace_addr: int
-    mmap_offset: int
-
-
-@dataclass(frozen=True, slots=True)
-class VringAddr:
-    """``struct vhost_vring_addr``; the addresses are front-end virtual addresses."""
-
-    index: int
-    flags: int
-    desc_user_addr: int
-    used_user_addr: int
-    avail_user_addr: int
-    log_guest_addr: int
+#: ``VhostUserMemoryRegion``.
+MemRegion = namedtuple("MemRegion", "guest_phys_addr memory_size userspace_addr mmap_offset")
+#: ``struct vhost_vring_addr``; the addresses are front-end virtual addresses.
+VringAddr = namedtuple(
+    "VringAddr", "index flags desc_user_addr used_user_addr avail_user_addr log_guest_addr"
+)
 
 
 def encode(request: int, payload: bytes = b"", flags: int = VERSION) -> bytes:

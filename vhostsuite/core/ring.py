@@ -1,33 +1,39 @@
 """The ring implementation in use: the compiled ``_ring`` unless it is missing or
-``VHOSTSUITE_NO_EXTENSIONS`` is set, then the pure-Python reference."""
+``VHOSTSUITE_NO_EXTENSIONS`` is set, then the pure-Python reference.
+
+The reference (``ChainPy``, ``VirtqueuePy``, ``vring_need_event``) is imported only when it is
+used: a program on the compiled ring does not pay for loading its twin at every start."""
+
+from __future__ import annotations
 
 from .. import NO_EXTENSIONS
-from ._ring_py import Chain as ChainPy
-from ._ring_py import Virtqueue as VirtqueuePy
-from ._ring_py import vring_need_event
 from .virtio import ring_sizes
 
-Chain = ChainPy
-Virtqueue = VirtqueuePy
 #: Why the compiled ring could not be used (None: it is in use, or NO_EXTENSIONS asked not to).
 IMPORT_ERROR: str | None = None
+_compiled = False
 if not NO_EXTENSIONS:
     try:
-        from ._ring import Chain as ChainC  # noqa: F401
-        from ._ring import Virtqueue as VirtqueueC
+        from ._ring import Chain, Virtqueue
 
-        Chain = ChainC
-        Virtqueue = VirtqueueC
+        _compiled = True
     except ImportError as e:  # not built, or built for another interpreter
         IMPORT_ERROR = str(e)
+if not _compiled:
+    from ._ring_py import Chain, Virtqueue
 
-__all__ = [
-    "Chain",
-    "ChainPy",
-    "IMPORT_ERROR",
-    "Virtqueue",
-    "VirtqueuePy",
-    "NO_EXTENSIONS",
-    "ring_sizes",
-    "vring_need_event",
-]
+_REFERENCE = {"ChainPy": "Chain", "VirtqueuePy": "Virtqueue", "vring_need_event": "vring_need_event"}
+
+
+def __getattr__(name: str) -> object:
+    if name in _REFERENCE:
+        from . import _ring_py
+
+        value = getattr(_ring_py, _REFERENCE[name])
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+# ChainPy, VirtqueuePy and vring_need_event are attributes too (above), loaded when asked for.
+__all__ = ["Chain", "IMPORT_ERROR", "Virtqueue", "NO_EXTENSIONS", "ring_sizes"]
