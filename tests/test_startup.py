@@ -1,0 +1,40 @@
+"""What a program loads to start: only what its options need (start-up time is paid by every
+libvirt domain start and every --print-capabilities)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from vhostsuite import NO_EXTENSIONS
+from vhostsuite.core import ring
+
+SERVING = {
+    "rng": ["vhostsuite.devices.rng", "vhostsuite.program.server"],
+    "gpu": ["vhostsuite.devices.gpu", "vhostsuite.devices.gpu.device", "vhostsuite.program.server"],
+}
+
+
+def _loaded(modules: list[str]) -> set[str]:
+    code = (
+        f"import importlib, json, sys\nfor m in {modules!r}: importlib.import_module(m)\n"
+        "print(json.dumps(list(sys.modules)))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    return set(json.loads(out))
+
+
+@pytest.mark.parametrize("program", sorted(SERVING))
+def test_serving_imports_no_dataclasses(program: str) -> None:
+    # dataclasses brings inspect, ast, dis and tokenize: ~8 ms of every start, for records that
+    # named tuples give as well
+    assert not {"dataclasses", "inspect"} & _loaded(SERVING[program])
+
+
+@pytest.mark.skipif(NO_EXTENSIONS or ring.IMPORT_ERROR is not None, reason="the compiled ring is not in use")
+def test_compiled_ring_does_not_load_its_twin() -> None:
+    loaded = _loaded(["vhostsuite.devices.rng", "vhostsuite.program.server"])
+    assert "vhostsuite.core._ring" in loaded and "vhostsuite.core._ring_py" not in loaded
