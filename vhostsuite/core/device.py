@@ -33,12 +33,15 @@ they complete.
 
 from __future__ import annotations
 
-import logging
 from collections import namedtuple
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Protocol
 
+#: typing.TYPE_CHECKING without importing typing: this module is on every program's start-up
+#: path (``--print-capabilities`` included), and typing costs ~5 ms there.
+TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from typing import Protocol
+
     from .loop import Loop
     from .memory import GuestMemory, Region
     from .ring import Chain
@@ -69,25 +72,27 @@ class QueueSpec(namedtuple("QueueSpec", "name handler serial", defaults=(False,)
     __slots__ = ()
 
 
-class DeviceContext(Protocol):
-    """What the core offers a device."""
+if TYPE_CHECKING:  # the contract, for type checkers; Connection provides it
 
-    loop: Loop
-    #: Guest memory, for devices that keep guest addresses (e.g. a GPU resource's backing pages).
-    mem: GuestMemory
+    class DeviceContext(Protocol):
+        """What the core offers a device."""
 
-    def complete(self, queue: int, chain: Chain, response: Response = None) -> bool:
-        """Answer an in-flight *chain* of *queue*; False (and nothing written) if the core no
-        longer holds it because its ring stopped or was reset meanwhile."""
+        loop: Loop
+        #: Guest memory, for devices that keep guest addresses (e.g. a GPU resource's backing pages).
+        mem: GuestMemory
 
-    def hold(self, queue: int) -> None:
-        """Pop nothing more from *queue* until :meth:`release` (chains stay in the ring)."""
+        def complete(self, queue: int, chain: Chain, response: Response = None) -> bool:
+            """Answer an in-flight *chain* of *queue*; False (and nothing written) if the core no
+            longer holds it because its ring stopped or was reset meanwhile."""
 
-    def release(self, queue: int) -> None:
-        """Undo :meth:`hold`; what is available is handled on the next turn."""
+        def hold(self, queue: int) -> None:
+            """Pop nothing more from *queue* until :meth:`release` (chains stay in the ring)."""
 
-    def config_changed(self) -> bool:
-        """Tell the front-end the config space changed (needs BACKEND_REQ); False if it can't be sent."""
+        def release(self, queue: int) -> None:
+            """Undo :meth:`hold`; what is available is handled on the next turn."""
+
+        def config_changed(self) -> bool:
+            """Tell the front-end the config space changed (needs BACKEND_REQ); False if it can't be sent."""
 
 
 #: A device-specific vhost-user request: (payload, fds) -> None; it owns the fds it keeps
@@ -108,6 +113,8 @@ class Device:
     device_features: int = 0
 
     def __init__(self) -> None:
+        import logging  # here, not at the top: see TYPE_CHECKING
+
         self.log = logging.getLogger(f"vhostsuite.{self.backend_type or 'device'}")
         self.ctx: DeviceContext | None = None
         self.acked_features = 0

@@ -5,16 +5,18 @@ One queue; each chain is a device-writable buffer the device fills with random b
 
 from __future__ import annotations
 
-import argparse
 import os
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
 
 from ..core.device import Device, QueueSpec
 from ..core.virtio import VIRTIO_ID_RNG
 from ..program import cli
 
+#: typing.TYPE_CHECKING without importing typing (see vhostsuite.program.cli).
+TYPE_CHECKING = False
 if TYPE_CHECKING:
+    import argparse
+
     from ..core.ring import Chain
 
 #: The most bytes handed out per request; a larger buffer is filled partly, as the driver allows.
@@ -82,12 +84,10 @@ def make_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = make_parser()
-
     def make_device(args: argparse.Namespace) -> RngDevice:
         return RngDevice(args.rng_source)
 
-    return cli.run("vhost-user-rng", parser, argv, capabilities, make_device)
+    return cli.run("vhost-user-rng", make_parser, argv, capabilities, make_device)
 
 
 if __name__ == "__main__":

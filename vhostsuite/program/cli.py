@@ -8,21 +8,29 @@ with status 0 and removes the socket file we created. A front-end hang-up ends i
 
 from __future__ import annotations
 
-import argparse
-import faulthandler
-import json
-import logging
 import sys
-from collections.abc import Callable, Sequence
 
 from .. import NO_EXTENSIONS, __version__
 from ..core.errors import EXIT_FAILURE, EXIT_OK, EXIT_USAGE, StartupError
 
-__all__ = ["EXIT_FAILURE", "EXIT_OK", "EXIT_USAGE", "StartupError", "make_parser", "run"]
+# --print-capabilities (libvirt runs it at every domain start) imports nothing but this module
+# and the device's entry module: argparse, logging and json (with re and enum, ~30 ms here) are
+# imported where they are used. typing.TYPE_CHECKING without importing typing:
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    import argparse
+    from collections.abc import Callable, Sequence
 
-log = logging.getLogger("vhostsuite")
+__all__ = ["EXIT_FAILURE", "EXIT_OK", "EXIT_USAGE", "StartupError", "UsageError", "make_parser", "run"]
+
+
+class UsageError(Exception):
+    """Options that don't go together, found by the device's factory: reported as argparse
+    reports a bad option (usage, the message, status 2)."""
 
 def make_parser(prog: str, description: str, epilog: str | None = None) -> argparse.ArgumentParser:
+    import argparse
+
     p = argparse.ArgumentParser(
         prog=prog,
         description=description,
@@ -41,7 +49,9 @@ def make_parser(prog: str, description: str, epilog: str | None = None) -> argpa
     )
     p.add_argument("-v", "--verbose", action="count", default=0, help="more logging on stderr (-vv: debug)")
     p.add_argument("-q", "--quiet", action="store_true", help="log errors only")
-    p.add_argument("-V", "--version", action=_Version, help="show the version and what the hot path runs on, and exit")
+    p.add_argument(
+        "-V", "--version", action=_version_action(), help="show the version and what the hot path runs on, and exit"
+    )
     return p
 
 
@@ -58,16 +68,20 @@ def implementation() -> tuple[str, str | None]:
     return "pure-Python ring and pixel copier: the compiled extensions can't be used", "; ".join(problems)
 
 
-class _Version(argparse.Action):
-    """--version, naming the implementation (imported only when asked for)."""
+def _version_action() -> type[argparse.Action]:
+    """--version, naming the implementation (a class made here: argparse is imported lazily)."""
+    import argparse
 
-    def __init__(self, option_strings: Sequence[str], dest: str = argparse.SUPPRESS, **kwargs: object) -> None:
-        super().__init__(option_strings, dest, nargs=0, default=argparse.SUPPRESS, **kwargs)
+    class Version(argparse.Action):
+        def __init__(self, option_strings: Sequence[str], dest: str = argparse.SUPPRESS, **kwargs: object) -> None:
+            super().__init__(option_strings, dest, nargs=0, default=argparse.SUPPRESS, **kwargs)
 
-    def __call__(self, parser: argparse.ArgumentParser, *args: object) -> None:
-        what, why = implementation()
-        sys.stdout.write(f"{parser.prog} (vhostsuite) {__version__}: {what}" + (f" ({why})" if why else "") + "\n")
-        parser.exit()
+        def __call__(self, parser: argparse.ArgumentParser, *args: object) -> None:
+            what, why = implementation()
+            sys.stdout.write(f"{parser.prog} (vhostsuite) {__version__}: {what}" + (f" ({why})" if why else "") + "\n")
+            parser.exit()
+
+    return Version
 
 
 def wants_capabilities(argv: Sequence[str]) -> bool:
@@ -75,13 +89,25 @@ def wants_capabilities(argv: Sequence[str]) -> bool:
     return "--print-capabilities" in argv
 
 
+def _json_string(text: str) -> str:
+    # Our names need no escaping; json (with re and enum) is imported only for one that would.
+    if text.isascii() and text.isprintable() and '"' not in text and "\\" not in text:
+        return f'"{text}"'
+    import json
+
+    return json.dumps(text)
+
+
 def print_capabilities(backend_type: str, features: list[str]) -> int:
-    sys.stdout.write(json.dumps({"type": backend_type, "features": features}) + "\n")
+    items = ", ".join(map(_json_string, features))
+    sys.stdout.write(f'{{"type": {_json_string(backend_type)}, "features": [{items}]}}\n')
     sys.stdout.flush()
     return EXIT_OK
 
 
 def setup_logging(prog: str, verbose: int, quiet: bool) -> None:
+    import logging
+
     level = logging.ERROR if quiet else (logging.WARNING, logging.INFO, logging.DEBUG)[min(verbose, 2)]
     logging.basicConfig(level=level, format=f"{prog}: %(levelname)s: %(message)s", stream=sys.stderr)
 
@@ -93,18 +119,24 @@ def check_connection_args(parser: argparse.ArgumentParser, args: argparse.Namesp
 
 def run(
     prog: str,
-    parser: argparse.ArgumentParser,
+    make_parser: Callable[[], argparse.ArgumentParser],
     argv: Sequence[str] | None,
     capabilities: Callable[[], tuple[str, list[str]]],
     make_device: Callable[[argparse.Namespace], object],
 ) -> int:
-    """Parse, then serve. *make_device* may raise StartupError for options this host can't honour."""
+    """Parse (the parser is made only when needed), then serve. *make_device* may raise
+    StartupError for options this host can't honour."""
     argv = list(sys.argv[1:] if argv is None else argv)
     if wants_capabilities(argv):
         return print_capabilities(*capabilities())
+    parser = make_parser()
     args = parser.parse_args(argv)
     check_connection_args(parser, args)
     setup_logging(prog, args.verbose, args.quiet)
+    import faulthandler
+    import logging
+
+    log = logging.getLogger("vhostsuite")
     # A fatal signal (SIGSEGV, SIGBUS, ...) says where on stderr instead of dying silently; the
     # compiled core replaces the SIGBUS report with one naming the guest region.
     faulthandler.enable()
@@ -115,6 +147,8 @@ def run(
 
     try:
         return serve(args, make_device)
+    except UsageError as e:
+        parser.error(str(e))
     except StartupError as e:
         log.error("%s", e)
         return EXIT_FAILURE

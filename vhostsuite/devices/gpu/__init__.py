@@ -8,12 +8,16 @@ This module stays light: ``--print-capabilities`` must not import cairo. The dev
 
 from __future__ import annotations
 
-import argparse
 import os
-import re
 from collections.abc import Sequence
 
 from ...program import cli
+
+#: typing.TYPE_CHECKING without importing typing; argparse is imported where it is used, so
+#: that --print-capabilities imports neither (see vhostsuite.program.cli).
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    import argparse
 
 DEFAULT_MAX_HOSTMEM = 256 << 20
 DEFAULT_DISPLAY_TIMEOUT = 5.0
@@ -25,6 +29,9 @@ def capabilities() -> tuple[str, list[str]]:
 
 
 def parse_size(text: str) -> int:
+    import argparse
+    import re
+
     m = re.fullmatch(r"\s*(\d+)\s*([kKmMgG]?)(?:i?[bB])?\s*", text)
     if not m:
         raise argparse.ArgumentTypeError(f"invalid size {text!r} (e.g. 256M, 1G, 65536)")
@@ -35,6 +42,8 @@ def parse_size(text: str) -> int:
 
 
 def positive_float(text: str) -> float:
+    import argparse
+
     try:
         v = float(text)
     except ValueError:
@@ -90,15 +99,13 @@ def check_options(args: argparse.Namespace) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = make_parser()
-
     def make_device(args: argparse.Namespace):  # noqa: ANN202 - imports cairo lazily
         check_options(args)
         from .device import GpuDevice
 
         return GpuDevice(max_hostmem=args.max_hostmem, display_timeout=args.display_timeout)
 
-    return cli.run("vhost-user-gpu", parser, argv, capabilities, make_device)
+    return cli.run("vhost-user-gpu", make_parser, argv, capabilities, make_device)
 
 
 __all__ = ["main", "capabilities"]

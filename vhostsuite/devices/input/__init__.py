@@ -16,10 +16,15 @@ nothing heavy, so ``--print-capabilities`` stays fast.
 
 from __future__ import annotations
 
-import argparse
 from collections.abc import Sequence
 
 from ...program import cli
+
+#: typing.TYPE_CHECKING without importing typing; argparse is imported where it is used, so
+#: that --print-capabilities imports neither (see vhostsuite.program.cli).
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    import argparse
 
 __all__ = ["main", "capabilities"]
 
@@ -29,6 +34,8 @@ def capabilities() -> tuple[str, list[str]]:
 
 
 def _positive(text: str) -> int:
+    import argparse
+
     try:
         n = int(text)
     except ValueError:
@@ -74,22 +81,20 @@ def make_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = make_parser()
-
     def make_device(args: argparse.Namespace):  # noqa: ANN202 - imports are deferred to here
         from .device import MAX_PENDING, InputDevice
 
         if (args.evdev_path is None) == (args.virtual is None):
-            parser.error("exactly one of --evdev-path and --virtual is required")
+            raise cli.UsageError("exactly one of --evdev-path and --virtual is required")
         if args.evdev_path is not None:
             if args.control_socket is not None:
-                parser.error("--control-socket only works with --virtual")
+                raise cli.UsageError("--control-socket only works with --virtual")
             from .sources import EvdevSource
 
             source = EvdevSource(args.evdev_path, grab=not args.no_grab)
         else:
             if args.no_grab:
-                parser.error("--no-grab only works with --evdev-path")
+                raise cli.UsageError("--no-grab only works with --evdev-path")
             from . import config as C
             from .sources import VirtualSource
 
@@ -113,7 +118,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             source = VirtualSource(desc, args.control_socket)
         return InputDevice(source, args.max_pending or MAX_PENDING)
 
-    return cli.run("vhost-user-input", parser, argv, capabilities, make_device)
+    return cli.run("vhost-user-input", make_parser, argv, capabilities, make_device)
 
 
 if __name__ == "__main__":
