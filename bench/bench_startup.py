@@ -72,6 +72,15 @@ def test_startup_to_listening(benchmark, name):
     shutil.rmtree(tmp)
 
 
+@pytest.mark.parametrize("flags", [[], ["-S"]], ids=["site", "no-site"])
+def test_interpreter_alone(benchmark, flags):
+    """The floor under every figure above and below: the interpreter starting and doing nothing,
+    with and without site (which, on some hosts, runs .pth files: tens of ms)."""
+    argv = [sys.executable, *flags, "-c", "pass"]
+    benchmark.group = "--print-capabilities"
+    benchmark.pedantic(lambda: subprocess.run(argv, env=ENV, check=True), rounds=10, iterations=1)
+
+
 @pytest.mark.parametrize("name", sorted(n for n in PROGRAMS if n != "qemu-c-gpu"))
 def test_print_capabilities(benchmark, name):
     argv = [*PROGRAMS[name][:2], "--print-capabilities"]

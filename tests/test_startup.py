@@ -56,3 +56,14 @@ def test_print_capabilities_imports_only_the_entry_module(program: str) -> None:
     caps, modules = out.splitlines()
     assert json.loads(caps)["type"] == program
     assert not {"argparse", "logging", "json", "re", "typing", "enum", "socket"} & set(modules.split())
+
+
+def test_a_virtual_input_device_does_not_import_the_evdev_package() -> None:
+    """--virtual needs only the code names, not python-evdev's devices (which import asyncio)."""
+    code = (
+        "import json, sys\nfrom vhostsuite.devices.input import config as C, device, sources\n"
+        "d = C.builtin('keyboard')\nassert C.code_number(C.EV_KEY, 'KEY_A') == 30\n"
+        "print(json.dumps(list(sys.modules)))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert not {"evdev", "asyncio"} & set(json.loads(out))

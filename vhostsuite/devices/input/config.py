@@ -12,7 +12,9 @@ This module imports ``evdev.ecodes`` only to turn code *names* into numbers.
 from __future__ import annotations
 
 import json
+import os
 import struct
+import sys
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -258,10 +260,40 @@ def _clip(s: str, limit: int) -> str:
 # -- names and JSON files ----------------------------------------------------------------
 
 
-def _ecodes() -> Any:
-    from evdev import ecodes  # lazily: only descriptions and the control socket need names
+_ECODES: Any = None
 
-    return ecodes
+
+def _ecodes() -> Any:
+    """python-evdev's ``evdev.ecodes`` (the names of <linux/input-event-codes.h>), imported
+    when names are first needed. Where it is the plain module python-evdev generates, it is
+    loaded on its own: the ``evdev`` package imports asyncio, ~20 ms of every start of a
+    ``--virtual`` device, which needs nothing else from it."""
+    global _ECODES
+    if _ECODES is None:
+        _ECODES = sys.modules.get("evdev.ecodes") or _load_ecodes_alone()
+        if _ECODES is None:
+            from evdev import ecodes
+
+            _ECODES = ecodes
+    return _ECODES
+
+
+def _load_ecodes_alone() -> Any:
+    import importlib.util
+
+    spec = importlib.util.find_spec("evdev")  # finds the package without running its __init__
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    path = os.path.join(spec.submodule_search_locations[0], "ecodes.py")
+    alone = importlib.util.spec_from_file_location("_vhostsuite_evdev_ecodes", path)
+    if alone is None or alone.loader is None or not os.path.exists(path):
+        return None
+    module = importlib.util.module_from_spec(alone)
+    try:
+        alone.loader.exec_module(module)
+    except ImportError:  # an ecodes.py that needs its package (older python-evdev)
+        return None
+    return module if hasattr(module, "ecodes") and hasattr(module, "bytype") else None
 
 
 def type_number(value: Any) -> int:
