@@ -3,7 +3,12 @@ alternately by the same front-end in one run.
 
 (a) full frame: 1920x1080 B8G8R8X8, TRANSFER_TO_HOST_2D + RESOURCE_FLUSH per round (one kick),
     counted when the display side (frontend_gpu.GpuDisplay) has received the whole UPDATE;
-(b) small commands: 16 RESOURCE_FLUSH 1x1 of a resource that is not on a scanout per kick.
+(b) small commands, 16 per kick: RESOURCE_FLUSH 1x1 of a resource that is not on a scanout, the
+    same on the scanout (each one an UPDATE to the display side), GET_DISPLAY_INFO.
+
+Besides the rates, the CPU each side spent per round (``/proc/PID/task/*/schedstat`` of the back-end, this
+process's own for the front-end, which includes the display thread): a front-end that spends as
+much CPU per round as the round takes is the bottleneck, and the ratio then says little.
 
 Run: ``python -m pytest bench/bench_gpu.py -o python_files='bench_*.py' -s``. The rates and the
 ratios ours/C go to ``benchmark.extra_info`` and are printed.
@@ -22,7 +27,7 @@ import pytest
 
 from vhostsuite.devices.gpu import wire as W
 from vhostsuite.testing.frontend import Frontend, GuestRam
-from vhostsuite.testing.frontend_gpu import GpuDisplay, GpuDriver, open_gpu
+from vhostsuite.testing.frontend_gpu import GpuDisplay, GpuDriver, hdr, open_gpu
 
 ROOT = Path(__file__).resolve().parent.parent
 C_GPU = "/usr/lib/qemu/vhost-user-gpu"
@@ -54,8 +59,12 @@ class Rig:
         self.transfer = GpuDriver.transfer_cmd(1, 0, 0, W_, H_, 0)
         self.flush = GpuDriver.flush_cmd(1, 0, 0, W_, H_)
         self.small = GpuDriver.flush_cmd(2, 0, 0, 1, 1)
+        self.small_on_scanout = GpuDriver.flush_cmd(1, 0, 0, 1, 1)
+        self.display_info = hdr(W.VIRTIO_GPU_CMD_GET_DISPLAY_INFO)
         self.frame()  # warm up
         self.smalls()
+        self.smalls_on_scanout()
+        self.display_infos()
 
     def frame(self) -> None:
         want = self.display.updates + 1
@@ -67,10 +76,31 @@ class Rig:
         self.display.wait_updates(want, 10)
 
     def smalls(self) -> None:
+        self._sixteen(self.small)
+
+    def smalls_on_scanout(self) -> None:
+        want = self.display.updates + 16
+        self._sixteen(self.small_on_scanout)
+        self.display.wait_updates(want, 10)
+
+    def display_infos(self) -> None:
+        self._sixteen(self.display_info, resp_size=408)
+
+    def _sixteen(self, cmd: bytes, resp_size: int = 24) -> None:
         for _ in range(16):
-            self.drv.submit(self.small)
+            self.drv.submit(cmd, resp_size)
         self.drv.ctrl.kick()
         self.drv.ctrl.wait_used(16, 10)
+
+    def cpu_seconds(self) -> float:
+        """The back-end's CPU so far, all threads (schedstat: ns, where /proc/PID/stat has 10 ms ticks)."""
+        total = 0
+        for task in Path(f"/proc/{self.proc.pid}/task").iterdir():
+            try:
+                total += int((task / "schedstat").read_text().split()[0])
+            except (FileNotFoundError, ProcessLookupError):  # a thread that just ended
+                pass
+        return total / 1e9
 
     def close(self) -> None:
         self.display.close()
@@ -92,43 +122,63 @@ def rigs():  # noqa: ANN201
         r.close()
 
 
-def _alternate(rigs: dict[str, Rig], op: str, per_batch: int, batches: int) -> dict[str, float]:
-    """Rounds per second of *op* for each back-end, measured in alternating batches (best batch)."""
-    best = {name: 0.0 for name in rigs}
+def _alternate(rigs: dict[str, Rig], op: str, per_batch: int, batches: int) -> dict[str, dict[str, float]]:
+    """For each back-end, measured in alternating batches: the best batch's rounds per second,
+    and the back-end's and the front-end's CPU seconds per round over all batches."""
+    out = {name: {"rate": 0.0, "backend_cpu": 0.0, "frontend_cpu": 0.0} for name in rigs}
     for _ in range(batches):
         for name, rig in rigs.items():
             fn = getattr(rig, op)
+            b0, f0 = rig.cpu_seconds(), time.process_time()
             t0 = time.perf_counter()
             for _ in range(per_batch):
                 fn()
-            rate = per_batch / (time.perf_counter() - t0)
-            best[name] = max(best[name], rate)
-    return best
+            took = time.perf_counter() - t0
+            out[name]["backend_cpu"] += rig.cpu_seconds() - b0
+            out[name]["frontend_cpu"] += time.process_time() - f0
+            out[name]["rate"] = max(out[name]["rate"], per_batch / took)
+    for m in out.values():
+        m["backend_cpu"] /= per_batch * batches
+        m["frontend_cpu"] /= per_batch * batches
+    return out
 
 
-def _record(benchmark, what: str, unit: str, rates: dict[str, float], target: float) -> None:  # noqa: ANN001
-    for name, rate in rates.items():
+def _record(benchmark, what: str, unit: str, runs: dict[str, dict[str, float]], target: float,  # noqa: ANN001
+            per_round: int = 1) -> None:  # fmt: skip
+    """Rates in *unit* (*per_round* of them per round), CPU in us per unit, and the ratio ours/C."""
+    lines = [f"\n[{what}]"]
+    for name, m in runs.items():
+        rate, be, fe = m["rate"] * per_round, m["backend_cpu"] / per_round * 1e6, m["frontend_cpu"] / per_round * 1e6
         benchmark.extra_info[f"{name}_{unit}"] = round(rate, 1)
-    line = f"\n[{what}] " + ", ".join(f"{n}: {r:,.1f} {unit}" for n, r in rates.items())
-    if "c" in rates and rates["c"] > 0:
-        ratio = rates["ours"] / rates["c"]
+        benchmark.extra_info[f"{name}_backend_cpu_us"] = round(be, 2)
+        benchmark.extra_info[f"{name}_frontend_cpu_us"] = round(fe, 2)
+        lines.append(f"  {name}: {rate:,.1f} {unit}; CPU per unit: back-end {be:.2f} us, front-end {fe:.2f} us "
+                     f"(wall {1e6 / rate:.2f} us)")  # fmt: skip
+    if "c" in runs and runs["c"]["rate"] > 0:
+        ratio = runs["ours"]["rate"] / runs["c"]["rate"]
+        cpu = runs["ours"]["backend_cpu"] / runs["c"]["backend_cpu"] if runs["c"]["backend_cpu"] else float("nan")
         benchmark.extra_info["ratio_ours_c"] = round(ratio, 3)
+        benchmark.extra_info["backend_cpu_ratio_ours_c"] = round(cpu, 3)
         benchmark.extra_info["target_ratio"] = target
-        line += f"  ratio ours/C = {ratio:.2f} (target >= {target})"
-    print(line)
+        lines.append(f"  ratio ours/C = {ratio:.2f} (target >= {target}); back-end CPU ours/C = {cpu:.2f}")
+    print("\n".join(lines))
 
 
 @pytest.mark.benchmark(group="gpu-full-frame")
 def test_full_frame_transfer_flush(benchmark, rigs) -> None:  # noqa: ANN001
-    rates = _alternate(rigs, "frame", per_batch=10, batches=5)
-    _record(benchmark, "1920x1080 TRANSFER+FLUSH -> UPDATE received", "frames_per_s", rates, 1.0)
+    runs = _alternate(rigs, "frame", per_batch=10, batches=5)
+    _record(benchmark, "1920x1080 TRANSFER+FLUSH -> UPDATE received", "frames_per_s", runs, 1.5)
     benchmark.extra_info["mbytes_per_frame"] = round(W_ * H_ * 4 / 1e6, 2)
     benchmark.pedantic(rigs["ours"].frame, rounds=20, iterations=1)
 
 
 @pytest.mark.benchmark(group="gpu-small-commands")
-def test_small_flush_commands(benchmark, rigs) -> None:  # noqa: ANN001
-    rates = _alternate(rigs, "smalls", per_batch=100, batches=5)
-    cmds = {n: r * 16 for n, r in rates.items()}
-    _record(benchmark, "1x1 RESOURCE_FLUSH off-scanout, 16 per kick", "commands_per_s", cmds, 0.5)
-    benchmark.pedantic(rigs["ours"].smalls, rounds=200, iterations=1)
+@pytest.mark.parametrize("op, what", [
+    ("smalls", "1x1 RESOURCE_FLUSH off-scanout, 16 per kick"),
+    ("smalls_on_scanout", "1x1 RESOURCE_FLUSH on the scanout (an UPDATE each), 16 per kick"),
+    ("display_infos", "GET_DISPLAY_INFO, 16 per kick"),
+])  # fmt: skip
+def test_small_commands(benchmark, rigs, op: str, what: str) -> None:  # noqa: ANN001
+    runs = _alternate(rigs, op, per_batch=100, batches=5)
+    _record(benchmark, what, "commands_per_s", runs, 1.0, per_round=16)
+    benchmark.pedantic(getattr(rigs["ours"], op), rounds=200, iterations=1)
