@@ -39,11 +39,10 @@ def guest() -> Guest:
         pytest.skip(f"guest unavailable: {exc}")
 
 
-@pytest.fixture
-def vm_factory(qemu: Qemu, guest: Guest, tmp_path: Path) -> Iterator[Callable[..., VM]]:
-    """Return ``make(run, devices=None, **kwargs) -> VM``; all VMs are closed at teardown.
+def vms_of(qemu: Qemu, guest: Guest, tmp_path: Path) -> Iterator[Callable[..., VM]]:
+    """``make(run, devices=None, **kwargs) -> VM`` for *qemu*; all VMs are closed at the end.
 
-    On test failure the serial log path of each VM is printed (pytest shows it with the report).
+    Each VM's serial log and QEMU output paths are printed (pytest shows them with a failure).
     """
     vms: list[VM] = []
 
@@ -59,6 +58,12 @@ def vm_factory(qemu: Qemu, guest: Guest, tmp_path: Path) -> Iterator[Callable[..
     finally:
         for vm in vms:
             vm.close()
+
+
+@pytest.fixture
+def vm_factory(qemu: Qemu, guest: Guest, tmp_path: Path) -> Iterator[Callable[..., VM]]:
+    """VMs under the guest kit's QEMU (:func:`vms_of`)."""
+    yield from vms_of(qemu, guest, tmp_path)
 
 
 @pytest.fixture(scope="session")

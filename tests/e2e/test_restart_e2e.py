@@ -13,12 +13,13 @@ import re
 import signal
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
 from tests.conftest import Backend, program
+from tests.e2e.conftest import vms_of
 from tests.e2e.test_input_e2e import KEY_SAFE, SYN, guest_view, hint_events_per_packet
 from tests.test_input import Control
 from vhostsuite.devices.input import config as C
@@ -44,20 +45,9 @@ def reconnect_qemu() -> Qemu:
 
 
 @pytest.fixture
-def boot(reconnect_qemu: Qemu, guest: Guest, tmp_path: Path) -> Iterator:
-    vms: list[VM] = []
-
-    def make(run: str, devices: list[str], **kw: object) -> VM:
-        vm = VM(reconnect_qemu, guest, run, devices, workdir=tmp_path / f"vm{len(vms)}", **kw)
-        vms.append(vm)
-        print(f"VM {len(vms) - 1}: serial log {vm.log_path}, qemu output {vm.stderr_path}")
-        return vm
-
-    try:
-        yield make
-    finally:
-        for vm in vms:
-            vm.close()
+def boot(reconnect_qemu: Qemu, guest: Guest, tmp_path: Path) -> Iterator[Callable[..., VM]]:
+    """VMs under the patched QEMU."""
+    yield from vms_of(reconnect_qemu, guest, tmp_path)
 
 
 def _end(be: Backend, sig: int) -> None:

@@ -4,19 +4,8 @@
 # Prints RNG_CURRENT=<rng>, then RNG_BLOCK <i> <hex data> as each block arrives.
 n=$(sed -n 's/.*vhs\.rng_blocks=\([0-9]*\).*/\1/p' /proc/cmdline)
 n=${n:-10}
-cur=none
-i=0
-while [ $i -lt 200 ]; do
-    cur=$(cat /sys/class/misc/hw_random/rng_current 2>/dev/null)
-    case "$cur" in "" | none) ;; *) break ;; esac
-    sleep 0.05
-    i=$((i + 1))
-done
-echo "RNG_CURRENT=$cur"
-case "$cur" in
-    virtio_rng*) ;;
-    *) echo "RNG_ERROR: current hw_random is '$cur', not virtio_rng"; exit 1 ;;
-esac
+. /tests/rng-common.sh
+wait_virtio_rng || exit 1
 i=1
 while [ $i -le "$n" ]; do
     if ! dd if=/dev/hwrng of=/tmp/block bs=64 count=1 iflag=fullblock 2>/tmp/dd_err; then

@@ -1,19 +1,8 @@
 #!/bin/sh
 # Guest test "rng" (vhs.run=rng): read two blocks from the virtio hw_random device.
 # Prints RNG_CURRENT=<rng>, RNG_<X>_BYTES=<n>, RNG_<X>_SHA256=<hex>, RNG_<X>=<hex data> for X in A B.
-cur=none
-i=0
-while [ $i -lt 200 ]; do
-    cur=$(cat /sys/class/misc/hw_random/rng_current 2>/dev/null)
-    case "$cur" in "" | none) ;; *) break ;; esac
-    sleep 0.05
-    i=$((i + 1))
-done
-echo "RNG_CURRENT=$cur"
-case "$cur" in
-    virtio_rng*) ;;
-    *) echo "RNG_ERROR: current hw_random is '$cur', not virtio_rng"; exit 1 ;;
-esac
+. /tests/rng-common.sh
+wait_virtio_rng || exit 1
 for x in A B; do
     if ! timeout 60 dd if=/dev/hwrng of=/tmp/rng_$x bs=4096 count=1 iflag=fullblock 2>/tmp/dd_err; then
         echo "RNG_ERROR: reading /dev/hwrng failed: $(cat /tmp/dd_err)"
