@@ -173,7 +173,7 @@ deb:
 
 # Debian 13's QEMU source package with patches/qemu/ (the vhost-user-base reconnect fix),
 # x86_64 system emulator only, built in a cached Debian 13 root: for tests/e2e/test_restart_e2e.py,
-# which skip until it is built. It takes about half an hour on two cores, so make check doesn't.
+# which skip until it is built. The first build takes 5-9 minutes here, so make check doesn't.
 qemu-reconnect:
 	$(PYTHON) -m vhostsuite.testing.qemubuild --log out/qemu-reconnect.log
 

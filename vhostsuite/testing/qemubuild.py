@@ -8,8 +8,9 @@ source package (``apt-get source qemu`` of :data:`~vhostsuite.testing.guest.DEBI
 Debian's patches applied) with that patch on top, for x86_64 system emulation only, in a
 Debian root of its own in the cache: the root is made once (debootstrap, then the few build
 dependencies a TCG-only ``qemu-system-x86_64`` needs and the source, with network), the build
-runs without network. It takes long (about half an hour on two cores), so it is not part of
-``make check``: the tests that need it skip, saying so, until it has been built.
+runs without network. The first time takes a while (~1.5 min for the root, 4-7 min for the
+build on two cores), so it is not part of ``make check``: the tests that need it skip, saying
+so, until it has been built; after that it is kept until the patch or the flags change.
 
 :func:`patched_qemu` gives the result as a :class:`~vhostsuite.testing.guest.Qemu`, run through
 the root's own loader and libraries like the guest kit's QEMU.
@@ -144,6 +145,8 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python3 -m vhostsuite.testing.qemubuild", description=__doc__.split("\n\n")[0])
     p.add_argument("--log", type=Path, default=None, help="where the build's output goes")
     args = p.parse_args(argv)
+    if args.log is not None:
+        args.log.parent.mkdir(parents=True, exist_ok=True)
     start = time.monotonic()
     try:
         binary = build(args.log)
