@@ -28,6 +28,7 @@ class UsageError(Exception):
     """Options that don't go together, found by the device's factory: reported as argparse
     reports a bad option (usage, the message, status 2)."""
 
+
 def make_parser(prog: str, description: str, epilog: str | None = None) -> argparse.ArgumentParser:
     import argparse
 

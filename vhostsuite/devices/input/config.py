@@ -285,8 +285,10 @@ def _load_ecodes_alone() -> Any:
     if spec is None or not spec.submodule_search_locations:
         return None
     path = os.path.join(spec.submodule_search_locations[0], "ecodes.py")
+    if not os.path.exists(path):  # ecodes built as an extension module (older python-evdev)
+        return None
     alone = importlib.util.spec_from_file_location("_vhostsuite_evdev_ecodes", path)
-    if alone is None or alone.loader is None or not os.path.exists(path):
+    if alone is None or alone.loader is None:
         return None
     module = importlib.util.module_from_spec(alone)
     try:
