@@ -276,25 +276,43 @@ def _probe_qemu(argv: list[str], env: dict[str, str]) -> tuple[tuple[int, int, i
     return (_parse_version(res.stdout) if res.returncode == 0 else None), res.stdout
 
 
-def _qemu_from_tree(root: Path, binary: Path | None = None) -> Qemu:
-    """Build the :class:`Qemu` that runs the debootstrapped QEMU (or *binary*, built in the
-    tree) through the tree's own ld.so, with its libraries and firmware."""
+def _tree_libdirs(root: Path) -> list[Path]:
+    """The library directories of a debootstrapped tree, as its ld.so.conf lists them."""
     libdirs = [root / "lib/x86_64-linux-gnu", root / "usr/lib/x86_64-linux-gnu"]
     for conf in sorted((root / "etc/ld.so.conf.d").glob("*.conf")):
         for line in conf.read_text(errors="replace").splitlines():
             line = line.split("#", 1)[0].strip()
             if line.startswith("/") and (root / line.lstrip("/")).is_dir():
                 libdirs.append(root / line.lstrip("/"))
-    libdirs = list(dict.fromkeys(d for d in libdirs if d.is_dir()))
-    firmware = [d for d in (root / "usr/share/qemu", root / "usr/share/seabios") if d.is_dir()]
-    argv = [
+    return list(dict.fromkeys(d for d in libdirs if d.is_dir()))
+
+
+def tree_program(root: Path, path: str) -> list[str]:
+    """The argv prefix that runs *path* (absolute inside the tree) of a debootstrapped tree
+    through the tree's own ld.so and libraries."""
+    return [
         str(root / "lib64/ld-linux-x86-64.so.2"),
         "--library-path",
-        ":".join(map(str, libdirs)),
+        ":".join(map(str, _tree_libdirs(root))),
         "--argv0",
-        "qemu-system-x86_64",
-        str(binary or root / "usr/bin/qemu-system-x86_64"),
+        Path(path).name,
+        str(root / path.lstrip("/")),
     ]
+
+
+def provisioned_qemu_tree() -> Path | None:
+    """The debootstrapped QEMU tree if :func:`provision_qemu` has made it (nothing is built here)."""
+    root = cache_dir() / f"qemu-{DEBIAN_SUITE}"
+    return root if (root / _COMPLETE).exists() else None
+
+
+def _qemu_from_tree(root: Path, binary: Path | None = None) -> Qemu:
+    """Build the :class:`Qemu` that runs the debootstrapped QEMU (or *binary*, built in the
+    tree) through the tree's own ld.so, with its libraries and firmware."""
+    firmware = [d for d in (root / "usr/share/qemu", root / "usr/share/seabios") if d.is_dir()]
+    argv = tree_program(root, "/usr/bin/qemu-system-x86_64")
+    if binary is not None:
+        argv[-1] = str(binary)
     for d in firmware:
         argv += ["-L", str(d)]
     env = {
