@@ -202,6 +202,60 @@ def test_display_info_before_display_socket_does_not_hang(gpu) -> None:  # noqa:
         d.close()
 
 
+def test_display_info_one_question_per_batch_and_fresh_for_each(gpu) -> None:  # noqa: ANN001
+    """The GET_DISPLAY_INFOs of one batch share one question to the display (they were all in
+    the ring before it was asked); a later batch asks again and sees what changed."""
+    display = GpuDisplay(outputs=[(1024, 768)])
+    g = gpu(display=display)
+    gdi = hdr(W.VIRTIO_GPU_CMD_GET_DISPLAY_INFO)
+    asked = len(display.of_type(W.VHOST_USER_GPU_GET_DISPLAY_INFO))
+    answers = g.drv.batch([gdi] * 8, W.RESP_DISPLAY_INFO_SIZE)
+    assert all(W.DISPLAY_ONE.unpack_from(r, 24) == (0, 0, 1024, 768, 1, 0) for r in answers)
+    assert len(display.of_type(W.VHOST_USER_GPU_GET_DISPLAY_INFO)) == asked + 1
+    display.outputs = [(640, 480)]  # the user resized the window
+    r = g.drv.display_info()
+    assert W.DISPLAY_ONE.unpack_from(r, 24) == (0, 0, 640, 480, 1, 0)
+    assert len(display.of_type(W.VHOST_USER_GPU_GET_DISPLAY_INFO)) == asked + 2
+
+
+def test_display_info_from_a_late_display_completes_in_order(gpu) -> None:  # noqa: ANN001
+    """A display that does not answer at once: the command waits (PENDING) and the commands
+    behind it run after it, in order; each later batch asks again."""
+    display = GpuDisplay(outputs=[(800, 600)])
+    g = gpu(display=display)
+    g.drv.make_resource(1, BGRX, 8, 8, pattern(8, 8))
+    display.hold_replies()
+    gdi = hdr(W.VIRTIO_GPU_CMD_GET_DISPLAY_INFO)
+    for cmd in (gdi, GpuDriver.flush_cmd(1, 0, 0, 8, 8), gdi):
+        g.drv.submit(cmd, W.RESP_DISPLAY_INFO_SIZE)
+    g.drv.ctrl.kick()
+    assert wait_until(lambda: len(display.of_type(W.VHOST_USER_GPU_GET_DISPLAY_INFO)) >= 1)
+    time.sleep(0.05)
+    assert g.drv.ctrl.poll_used() == []  # the first waits, so do the ones behind it
+    display.release_replies()
+    used = g.drv.ctrl.wait_used(3, 5)
+    assert [resp_type(u.data) for u in used] == [W.VIRTIO_GPU_RESP_OK_DISPLAY_INFO, OK,
+                                                 W.VIRTIO_GPU_RESP_OK_DISPLAY_INFO]  # fmt: skip
+    assert all(W.DISPLAY_ONE.unpack_from(used[i].data, 24) == (0, 0, 800, 600, 1, 0) for i in (0, 2))
+
+
+def test_display_messages_of_a_batch_keep_their_order(gpu) -> None:  # noqa: ANN001
+    """SET_SCANOUT and the FLUSHes behind it in one kick: the display gets SCANOUT, then the
+    UPDATEs in command order, all of them before the driver sees the answers."""
+    display = GpuDisplay(outputs=[(64, 64)])
+    g = gpu(display=display)
+    pix = pattern(16, 16)
+    g.drv.make_resource(1, BGRX, 16, 16, pix)
+    cmds = [hdr(W.VIRTIO_GPU_CMD_SET_SCANOUT) + W.SET_SCANOUT.pack(0, 0, 16, 16, 0, 1)]
+    cmds += [GpuDriver.flush_cmd(1, 0, y, 16, 1) for y in range(16)]
+    assert [resp_type(r) for r in g.drv.batch(cmds)] == [OK] * 17
+    display.wait_updates(16)
+    kinds = [m.request for m in display.messages if m.request in (W.VHOST_USER_GPU_SCANOUT, W.VHOST_USER_GPU_UPDATE)]
+    assert kinds == [W.VHOST_USER_GPU_SCANOUT] + [W.VHOST_USER_GPU_UPDATE] * 16
+    assert [u[2] for u in updates(display)] == list(range(16))  # y of each UPDATE, in order
+    assert display.image(0) == (16, 16, pix)
+
+
 def test_edid_forwarded(gpu) -> None:  # noqa: ANN001
     g = gpu()
     r = g.drv.get_edid(0)

@@ -30,10 +30,10 @@ class Owner:
         self.broken.append(reason)
 
 
-def make(handler, serial: bool, num: int = 16):  # noqa: ANN001, ANN201
+def make(handler, serial: bool, num: int = 16, batch_end=None):  # noqa: ANN001, ANN201
     g = GuestRing(num)
     owner = Owner(g)
-    r = Vring(0, QueueSpec("q", handler, serial=serial), Loop(), owner)
+    r = Vring(0, QueueSpec("q", handler, serial=serial, batch_end=batch_end), Loop(), owner)
     r.vq = g.queue(Virtqueue)
     r.started = r.enabled = True
     return g, owner, r
@@ -106,3 +106,39 @@ def test_one_turn_pops_at_most_the_budget() -> None:
     assert r._scheduled  # noqa: SLF001 - the rest goes on the next turn
     r._scheduled_run()  # noqa: SLF001
     assert len(calls) == BUDGET_CHAINS + 10
+
+
+def test_batch_end_runs_once_per_batch_before_the_driver_is_notified() -> None:
+    """A device gathers work over a batch and ends it in batch_end: once per batch handled
+    (budget-sized batches, a batch cut short by a pending chain), never for an empty run, and
+    before the interrupt, so what it sends there is out before the driver sees the answers."""
+    events: list[str] = []
+    answers = iter([b"a"] * (BUDGET_CHAINS + 1) + [PENDING])
+
+    def handler(chain):  # noqa: ANN001, ANN202
+        events.append("chain")
+        return next(answers)
+
+    g, owner, r = make(handler, serial=True, num=256, batch_end=lambda: events.append("end"))
+    r.call_fd = 1  # notify() needs one; record instead of writing
+    r.notify = lambda: events.append("notify")
+    for _ in range(BUDGET_CHAINS + 3):
+        g.add_chain([b"c"], [8])
+    r.run()
+    assert events == ["chain"] * BUDGET_CHAINS + ["end", "notify"]
+    events.clear()
+    r.run()  # one answered, then one pending: the batch ends there
+    assert events == ["chain", "chain", "end", "notify"]
+    events.clear()
+    r.run()  # serial and pending: nothing popped, no batch
+    assert events == [] and owner.broken == []
+
+
+def test_a_failing_batch_end_is_a_device_bug() -> None:
+    def end() -> None:
+        raise KeyError("oops")
+
+    g, owner, r = make(lambda chain: b"ok", serial=False, batch_end=end)
+    g.add_chain([b"c"], [8])
+    r.run()
+    assert owner.broken and "internal error" in owner.broken[0]

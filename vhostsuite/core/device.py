@@ -62,11 +62,17 @@ Response = bytes | bytearray | memoryview | _Pending | None
 Handler = Callable[["Chain"], Response]
 
 
-class QueueSpec(namedtuple("QueueSpec", "name handler serial", defaults=(False,))):
+class QueueSpec(namedtuple("QueueSpec", "name handler serial batch_end", defaults=(False, None))):
     """One virtqueue of a device: its *name*, the *handler* (a :data:`Handler`) the core hands
     each chain to, and *serial*: True when a pending chain holds the queue (nothing more is
     popped until it completes), for queues whose commands must run in order; False (the
-    default) when the core keeps popping meanwhile. (A named tuple, not a dataclass: importing
+    default) when the core keeps popping meanwhile.
+
+    *batch_end*, if given, is called without arguments after each batch of chains the core
+    popped and handed to *handler* in one go, before the core notifies the driver of them:
+    where a device sends what it gathered over the batch (the GPU's display messages, in one
+    system call) and forgets what was true only for the chains of that batch (they were all
+    available when the batch was popped). (A named tuple, not a dataclass: importing
     dataclasses costs every program ~8 ms at start-up.)"""
 
     __slots__ = ()

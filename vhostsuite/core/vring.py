@@ -3,7 +3,7 @@ run loop with its budget, and the chains in flight.
 
 The way through: a kick (or SET_VRING_KICK, an enable, a restart) runs the queue: it pops
 chains, hands each to the device's handler for the queue, writes and pushes what the
-handler answered, and notifies once for the batch. It pops at most :data:`BUDGET_CHAINS`
+handler answered, calls the queue's ``batch_end`` (if any), and notifies once for the batch. It pops at most :data:`BUDGET_CHAINS`
 chains or :data:`BUDGET_BYTES` bytes of chain buffers per turn of the event loop, then
 yields (the loop serves the vhost-user socket, other queues and timers) and goes on at the
 next turn. A driver that keeps its avail index ahead of us therefore costs a bounded slice
@@ -182,6 +182,7 @@ class Vring:
         push = vq.push
         pending = PENDING
         pushed = False
+        batch = ()
         try:
             batch = vq.pop_batch(BUDGET_CHAINS, BUDGET_BYTES)
             for n, chain in enumerate(batch, 1):
@@ -214,8 +215,18 @@ class Vring:
             log.exception("device failed on queue %d (%s)", self.index, self.spec.name)
             self.owner.mark_broken(f"queue {self.index}: internal error {e!r}", self.index)
             return
+        finally:
+            if batch and self.spec.batch_end is not None:
+                self._batch_end()
         if pushed:
             self.notify()
+
+    def _batch_end(self) -> None:
+        try:
+            self.spec.batch_end()
+        except Exception as e:
+            log.exception("device failed at the end of a batch on queue %d (%s)", self.index, self.spec.name)
+            self.owner.mark_broken(f"queue {self.index}: internal error {e!r}", self.index)
 
     def complete(self, chain: Chain, response: Response) -> bool:
         """Answer the oldest in-flight *chain*; False if the core no longer holds it."""

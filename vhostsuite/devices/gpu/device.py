@@ -4,10 +4,17 @@ A control command takes one way: the core pops the chain and calls :meth:`GpuDev
 it is decoded once into a typed command (:mod:`.commands`), dispatched by its type to the
 concern that owns it (:mod:`.resources`, :mod:`.scanouts`, the display info and EDID here),
 and its :class:`~.commands.Reply` is encoded once and returned to the core, which writes,
-pushes and notifies. GET_DISPLAY_INFO and GET_EDID ask QEMU's display: they return PENDING
-and complete when the answer (or the ``--display-timeout``) comes; the control queue is
-serial, so nothing behind them runs first. A bad command gets an error response; the device
-keeps serving.
+pushes and notifies. A bad command gets an error response; the device keeps serving.
+
+A batch of commands (what the core popped in one go) sends its display messages in one
+system call at the batch's end (``batch_end``), before the guest is told the commands are done.
+
+GET_DISPLAY_INFO and GET_EDID ask QEMU's display. The answer is waited for briefly
+(:data:`SYNC_WAIT`: QEMU answers within microseconds) without going back to the loop; if it
+is not there by then, the command returns PENDING and completes when the answer (or the
+``--display-timeout``) comes; the control queue is serial, so nothing behind it runs first.
+One display answer serves every GET_DISPLAY_INFO of its batch: they were all in the ring
+before the question was sent, so it is as fresh as theirs would be.
 """
 
 from __future__ import annotations
@@ -36,6 +43,11 @@ log = logging.getLogger("vhostsuite.gpu")
 CONTROL_QUEUE = 0
 CURSOR_QUEUE = 1
 
+#: How long a command that asks the display waits for the answer before it goes pending. At
+#: most one such wait per batch: a display slower than this costs the loop this much per
+#: batch, not per command.
+SYNC_WAIT = 0.001
+
 # Bound once: every control command goes through them.
 _decode_control = K.decode_control
 _encode = K.encode
@@ -61,9 +73,15 @@ class GpuDevice(Device):
         #: the display; the control queue is serial, so there is one at a time.
         self._hdr: K.Header = K.NO_HEADER
         self._chain: Chain | None = None
+        #: A batch of commands is being handled (display output is held until its end).
+        self._in_batch = False
+        #: The GET_DISPLAY_INFO answer of this batch, if one was asked.
+        self._batch_display_info: K.Reply | None = None
+        #: The display was asked (and waited for) in this batch.
+        self._batch_waited = False
         self.queues = (
-            QueueSpec("control", self._control, serial=True),
-            QueueSpec("cursor", self._cursor),
+            QueueSpec("control", self._control, serial=True, batch_end=self._batch_end),
+            QueueSpec("cursor", self._cursor, batch_end=self._batch_end),
         )
         self.requests = {Request.GPU_SET_SOCKET: self._set_socket}
         self._dispatch: dict[type, Callable[..., K.Reply | Response]] = {
@@ -127,7 +145,21 @@ class GpuDevice(Device):
             self.ctx.release(CONTROL_QUEUE)
 
     # -- the queues -----------------------------------------------------------------------
+    def _begin_batch(self) -> None:
+        self._in_batch = True
+        if self.display is not None:
+            self.display.hold_output()
+
+    def _batch_end(self) -> None:
+        self._in_batch = False
+        self._batch_display_info = None
+        self._batch_waited = False
+        if self.display is not None:
+            self.display.flush_output()
+
     def _control(self, chain: Chain) -> Response:
+        if not self._in_batch:
+            self._begin_batch()
         hdr, cmd = _decode_control(chain)
         kind = cmd.__class__
         if kind is _Reply:
@@ -145,6 +177,8 @@ class GpuDevice(Device):
         return _encode(hdr, reply)
 
     def _cursor(self, chain: Chain) -> None:
+        if not self._in_batch:
+            self._begin_batch()
         hdr, cmd = K.decode_cursor(chain)
         if type(cmd) is K.UpdateCursor:
             update_cursor(cmd, self.resources, self.display)
@@ -168,24 +202,45 @@ class GpuDevice(Device):
 
     # -- commands that ask the display ----------------------------------------------------------
     def _ask(self, send: Callable[[ReplyCallback], bool], answer: Callable[[bytes | None], K.Reply]) -> Response:
-        """Ask the display with *send*; the command completes with ``answer(reply or None)``."""
+        """Ask the display with *send*; the command is answered with ``answer(reply or None)``,
+        now if the reply comes within :data:`SYNC_WAIT`, else later (PENDING)."""
         hdr, chain = self._hdr, self._chain
+        waiting = True
+        replied = False
+        result: bytes | None = None
 
         def got(reply: bytes | None) -> None:
+            nonlocal replied, result
+            if waiting:
+                replied, result = True, reply
+                return
             # False when the ring stopped meanwhile: the command is popped again and asks again.
             self.ctx.complete(CONTROL_QUEUE, chain, K.encode(hdr, answer(reply)))
 
-        if self.display is not None and send(got):
-            return PENDING
-        return answer(None)
+        display = self.display
+        if display is None or not send(got):
+            return answer(None)
+        if not self._batch_waited:
+            self._batch_waited = True
+            display.wait(lambda: replied, SYNC_WAIT)
+        waiting = False
+        if replied:
+            return answer(result)
+        return PENDING
 
     def _get_display_info(self, cmd: K.GetDisplayInfo) -> Response:
+        if self._batch_display_info is not None:
+            return self._batch_display_info
+
         def answer(reply: bytes | None) -> K.Reply:
             if reply is not None:
                 self._display_body = reply[W.CTRL_HDR.size : W.RESP_DISPLAY_INFO_SIZE]
             return K.Reply(W.VIRTIO_GPU_RESP_OK_DISPLAY_INFO, self._default_display_body())
 
-        return self._ask(lambda got: self.display.get_display_info(got), answer)
+        reply = self._ask(lambda got: self.display.get_display_info(got), answer)
+        if reply is not PENDING:
+            self._batch_display_info = reply
+        return reply
 
     def _get_edid(self, cmd: K.GetEdid) -> Response:
         if not self.acked_features & bit(W.VIRTIO_GPU_F_EDID):
@@ -222,6 +277,7 @@ class GpuDevice(Device):
     # -- life cycle ---------------------------------------------------------------------------
     def reset(self) -> None:
         self._chain = None
+        self._batch_end()
         self.resources.clear()
         self.scanouts.reset()
         self.events_read = 0
