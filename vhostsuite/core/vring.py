@@ -3,11 +3,11 @@ run loop with its budget, and the chains in flight.
 
 The way through: a kick (or SET_VRING_KICK, an enable, a restart) runs the queue: it pops
 chains, hands each to the device's handler for the queue, writes and pushes what the
-handler answered, calls the queue's ``batch_end`` (if any), and notifies once for the batch. It pops at most :data:`BUDGET_CHAINS`
-chains or :data:`BUDGET_BYTES` bytes of chain buffers per turn of the event loop, then
-yields (the loop serves the vhost-user socket, other queues and timers) and goes on at the
-next turn. A driver that keeps its avail index ahead of us therefore costs a bounded slice
-of every turn, never the whole process.
+handler answered, calls the queue's ``batch_end`` (if any), and notifies once for the
+batch. It pops at most :data:`BUDGET_CHAINS` chains or :data:`BUDGET_BYTES` bytes of chain
+buffers per turn of the event loop, then yields (the loop serves the vhost-user socket,
+other queues and timers) and goes on at the next turn. A driver that keeps its avail index
+ahead of us therefore costs a bounded slice of every turn, never the whole process.
 
 The rules for chains in flight are in :mod:`vhostsuite.core.device`: they are the newest
 chains popped and are completed in pop order, so a stop (GET_VRING_BASE, new memory, new
