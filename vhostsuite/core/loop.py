@@ -15,7 +15,7 @@ from __future__ import annotations
 import heapq
 import itertools
 import os
-import selectors
+import select
 import signal
 import time
 from collections import deque
@@ -34,9 +34,18 @@ class Terminate(BaseException):  # noqa: N818 - it is a control-flow signal, not
 ErrorHandler = Callable[[Exception], None]
 
 
+_IN = select.EPOLLIN
+_OUT = select.EPOLLOUT
+
+
 class Loop:
+    """The loop, on epoll directly: ``selectors`` costs a few microseconds per turn in keys and
+    tuples, which a back-end pays for every kick."""
+
     def __init__(self) -> None:
-        self._sel = selectors.DefaultSelector()
+        self._ep = select.epoll()
+        #: fd -> [reader, writer]: one registration per fd.
+        self._handlers: dict[int, list[Callable[[], None] | None]] = {}
         self._timers: list[tuple[float, int, Callable[[], None]]] = []
         self._seq = itertools.count()
         self._running = False
@@ -60,22 +69,33 @@ class Loop:
         self._set(fd, 1, None)
 
     def _set(self, fd: int, which: int, callback: Callable[[], None] | None) -> None:
-        # One registration per fd; its data is [reader, writer].
-        try:
-            key = self._sel.get_key(fd)
-        except (KeyError, ValueError):
+        handlers = self._handlers.get(fd)
+        if handlers is None:
             if callback is None:
                 return
-            handlers: list[Callable[[], None] | None] = [None, None]
+            handlers = [None, None]
             handlers[which] = callback
-            self._sel.register(fd, _events(handlers), handlers)
+            self._ep.register(fd, _events(handlers))  # OSError (e.g. EPERM for a regular file): not added
+            self._handlers[fd] = handlers
             return
-        handlers = list(key.data)
-        handlers[which] = callback
-        if handlers == [None, None]:
-            self._sel.unregister(fd)
-        else:
-            self._sel.modify(fd, _events(handlers), handlers)
+        if handlers[which] is callback:
+            return
+        new = list(handlers)
+        new[which] = callback
+        if new == [None, None]:
+            del self._handlers[fd]
+            try:
+                self._ep.unregister(fd)
+            except (OSError, ValueError):  # closed already: the kernel dropped it
+                pass
+            return
+        if _events(new) != _events(handlers):
+            try:
+                self._ep.modify(fd, _events(new))
+            except FileNotFoundError:  # the fd was closed and its number reused: a new file
+                self._ep.register(fd, _events(new))
+        # A new list: a turn that is dispatching the old one sees what it had.
+        self._handlers[fd] = new
 
     def call_later(self, delay: float, callback: Callable[[], None]) -> int:
         """Run *callback* once after *delay* seconds; returns a handle for :meth:`cancel`."""
@@ -110,16 +130,20 @@ class Loop:
                 timeout = 0.0
             elif self._timers:
                 timeout = max(0.0, self._timers[0][0] - time.monotonic())
-            for key, events in self._sel.select(timeout):
-                reader, writer = key.data
-                if events & selectors.EVENT_READ and reader is not None:
+            handlers = self._handlers
+            for fd, events in self._ep.poll(-1 if timeout is None else timeout):
+                current = handlers.get(fd)
+                if current is None:  # removed by an earlier callback of this turn
+                    continue
+                reader, writer = current
+                if events & ~_OUT and reader is not None:
                     self._call(reader)
                     if not self._running:
                         return
-                if events & selectors.EVENT_WRITE and writer is not None:
-                    # the reader may have removed it meanwhile: ask the selector again
-                    current = self._sel.get_map().get(key.fd)
-                    if current is not None and current.data[1] is writer:
+                if events & ~_IN and writer is not None:
+                    # the reader may have removed or replaced it meanwhile: look again
+                    current = handlers.get(fd)
+                    if current is not None and current[1] is writer:
                         self._call(writer)
                         if not self._running:
                             return
@@ -138,11 +162,12 @@ class Loop:
                     return
 
     def close(self) -> None:
-        self._sel.close()
+        self._ep.close()
+        self._handlers.clear()
 
 
 def _events(handlers: list[Callable[[], None] | None]) -> int:
-    return (selectors.EVENT_READ if handlers[0] else 0) | (selectors.EVENT_WRITE if handlers[1] else 0)
+    return (_IN if handlers[0] else 0) | (_OUT if handlers[1] else 0)
 
 
 def install_signal_handlers() -> None:

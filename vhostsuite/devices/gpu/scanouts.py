@@ -1,7 +1,7 @@
 """Scanouts: which resource rectangle each of the 16 outputs shows, and what goes to the display.
 
-A flush sends the resource's own rows when they are whole and already x8r8g8b8 (B8G8R8A8/X8):
-no copy. Otherwise it copies the flushed rectangle once, converted to x8r8g8b8, into a staging
+A flush sends the resource's own rows when they are whole (or just one) and already x8r8g8b8
+(B8G8R8A8/X8): no copy. Otherwise it copies the flushed rectangle once, converted to x8r8g8b8, into a staging
 buffer: O(1) objects per UPDATE whatever the rectangle's shape. The staging buffer is at most
 :func:`staging_limit` bytes, reserved in ``--max-hostmem``; a larger rectangle goes as several
 UPDATEs of whole-row bands (or row pieces, for rows longer than the limit).
@@ -10,13 +10,13 @@ SCANOUT goes to a display before its first UPDATE, and again to every new displa
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 from . import commands as K
 from . import pixels
 from . import wire as W
 from .resources import Resource, Resources
 
+#: typing.TYPE_CHECKING without importing typing (every start pays for it otherwise).
+TYPE_CHECKING = False
 if TYPE_CHECKING:
     from .display import DisplayChannel
 
@@ -99,8 +99,9 @@ class Scanouts:
             return K.ERR_INVALID_RESOURCE_ID
         if x + w > res.width or y + h > res.height:
             return K.ERR_INVALID_PARAMETER
-        if res.scanouts and self.display is not None:
-            for sid in sorted(res.scanouts):
+        shown = res.scanouts
+        if shown and self.display is not None:
+            for sid in shown if len(shown) == 1 else sorted(shown):
                 sc = self.outputs[sid]
                 x0, y0 = max(x, sc.x), max(y, sc.y)
                 x1, y1 = min(x + w, sc.x + sc.width), min(y + h, sc.y + sc.height)
@@ -133,9 +134,9 @@ class Scanouts:
         display = self.display
         stride = res.stride
         start = y * stride + x * 4
-        if res.swizzle == W.SWIZZLE_NONE and w == res.width:
-            # already x8r8g8b8 and whole rows: the resource's own memory, no copy
-            pix = res.view[start : start + stride * h]
+        if res.swizzle == W.SWIZZLE_NONE and (w == res.width or h == 1):
+            # already x8r8g8b8 and whole rows (or one row): the resource's own memory, no copy
+            pix = res.view[start : start + (stride * h if h > 1 else w * 4)]
             display.update(sid, x - sc.x, y - sc.y, w, h, pix)
             return
         # One copy (converted where needed) into the staging buffer: O(1) objects per UPDATE

@@ -170,6 +170,8 @@ GPU_CURSOR_UPDATE_HEAD = struct.Struct("=IIIII")  # pos, hot_x, hot_y; then 64*6
 GPU_CURSOR_UPDATE_SIZE = GPU_CURSOR_UPDATE_HEAD.size + CURSOR_SIZE * CURSOR_SIZE * 4  # 16404
 GPU_SCANOUT = struct.Struct("=III")  # scanout_id, width, height
 GPU_UPDATE_HEAD = struct.Struct("=IIIII")  # scanout_id, x, y, width, height; then x8r8g8b8 data
+#: GPU_HEADER and GPU_UPDATE_HEAD in one pack: the message head of every UPDATE.
+GPU_UPDATE_MSG_HEAD = struct.Struct("=III" + "IIIII")
 GPU_EDID_REQUEST = struct.Struct("=I")  # scanout_id
 
 #: QEMU's display defaults (virtio-gpu-base ``xres``/``yres``), used when it can't be asked.

@@ -1,0 +1,87 @@
+"""The event loop's fd registrations on epoll: readers and writers of one fd, changes made by
+callbacks during a turn, refused fds, and fd numbers reused after a close."""
+
+from __future__ import annotations
+
+import os
+import socket
+
+import pytest
+
+from vhostsuite.core.loop import Loop
+
+
+def run_turns(loop: Loop, turns: int) -> None:
+    for _ in range(turns):
+        loop.call_soon(loop.stop)
+        loop.run()
+
+
+def test_reader_and_writer_of_one_fd_each_called_for_its_readiness() -> None:
+    a, b = socket.socketpair()
+    loop = Loop()
+    seen: list[str] = []
+    loop.add_writer(a.fileno(), lambda: seen.append("w"))
+    loop.add_reader(a.fileno(), lambda: (seen.append("r"), a.recv(10)))
+    run_turns(loop, 1)
+    assert seen == ["w"], "writable, nothing to read"
+    loop.remove_writer(a.fileno())
+    b.send(b"x")
+    seen.clear()
+    run_turns(loop, 1)
+    assert seen == ["r"]
+    loop.close()
+    a.close()
+    b.close()
+
+
+def test_a_callback_removing_another_fd_in_the_same_turn_stops_it_running() -> None:
+    a, b = socket.socketpair()
+    c, d = socket.socketpair()
+    loop = Loop()
+    seen: list[str] = []
+
+    def first() -> None:
+        seen.append("first")
+        loop.remove_reader(a.fileno())
+        loop.remove_reader(c.fileno())
+
+    loop.add_reader(a.fileno(), first)
+    loop.add_reader(c.fileno(), first)
+    b.send(b"x")
+    d.send(b"x")
+    run_turns(loop, 2)
+    assert seen == ["first"]
+    loop.close()
+    for s in (a, b, c, d):
+        s.close()
+
+
+def test_a_regular_file_is_refused_and_not_kept(tmp_path) -> None:  # noqa: ANN001
+    fd = os.open(tmp_path / "f", os.O_CREAT | os.O_RDWR)
+    loop = Loop()
+    with pytest.raises(OSError):
+        loop.add_reader(fd, lambda: None)
+    loop.remove_reader(fd)  # nothing registered: nothing to do
+    os.close(fd)
+    loop.close()
+
+
+def test_an_fd_number_reused_after_a_close_without_removal_works() -> None:
+    """A writer left on a closed fd; a new file gets its number and a reader: it is watched."""
+    a, b = socket.socketpair()
+    loop = Loop()
+    loop.add_writer(a.fileno(), lambda: None)
+    num = a.fileno()
+    a.close()  # the kernel drops the epoll registration with the file
+    c, d = socket.socketpair()
+    reused, peer = (c, d) if c.fileno() == num else (d, c)
+    assert reused.fileno() == num
+    seen: list[bytes] = []
+    loop.add_reader(num, lambda: seen.append(reused.recv(10)))
+    peer.send(b"x")
+    run_turns(loop, 1)
+    assert seen == [b"x"]
+    loop.close()
+    for s in (b, c, d):
+        s.close()
