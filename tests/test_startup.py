@@ -17,15 +17,21 @@ from vhostsuite.core import ring
 SERVING = {
     "rng": ["vhostsuite.devices.rng", "vhostsuite.program.server"],
     "gpu": ["vhostsuite.devices.gpu", "vhostsuite.devices.gpu.device", "vhostsuite.program.server"],
-}
+    "input": ["vhostsuite.devices.input", "vhostsuite.devices.input.device", "vhostsuite.devices.input.sources",
+              "vhostsuite.program.server"],
+}  # fmt: skip
 
 
-def _loaded(modules: list[str]) -> set[str]:
+def _loaded(modules: list[str], no_site: bool = False) -> set[str]:
+    """The modules loaded after importing *modules* (json is imported after the snapshot)."""
     code = (
-        f"import importlib, json, sys\nfor m in {modules!r}: importlib.import_module(m)\n"
-        "print(json.dumps(list(sys.modules)))"
+        f"import importlib, sys\nfor m in {modules!r}: importlib.import_module(m)\n"
+        "loaded = list(sys.modules)\nimport json\nprint(json.dumps(loaded))"
     )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    root = Path(__file__).resolve().parents[1]
+    argv = [sys.executable, *(["-S"] if no_site else []), "-c", code]
+    out = subprocess.run(argv, capture_output=True, text=True, check=True,
+                         env={**os.environ, "PYTHONPATH": str(root)}).stdout  # fmt: skip
     return set(json.loads(out))
 
 
@@ -34,6 +40,15 @@ def test_serving_imports_no_dataclasses(program: str) -> None:
     # dataclasses brings inspect, ast, dis and tokenize: ~8 ms of every start, for records that
     # named tuples give as well
     assert not {"dataclasses", "inspect"} & _loaded(SERVING[program])
+
+
+@pytest.mark.parametrize("program", sorted(SERVING))
+def test_serving_imports_no_typing_and_the_gpu_no_cairo(program: str) -> None:
+    """typing (~2 ms) is for type checkers only; cairo (~3 ms) waits for the first cursor image.
+    -S keeps site's own imports (e.g. a .pth file) out of what is counted."""
+    loaded = _loaded(SERVING[program], no_site=True)
+    assert "typing" not in loaded
+    assert "cairo" not in loaded
 
 
 @pytest.mark.skipif(NO_EXTENSIONS or ring.IMPORT_ERROR is not None, reason="the compiled ring is not in use")

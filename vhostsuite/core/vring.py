@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import logging
 from collections import deque
-from typing import TYPE_CHECKING, Protocol
 
 from .device import PENDING, QueueSpec, Response
 from .errors import GuestMemoryError, RingError
@@ -28,7 +27,11 @@ from .memory import close_fds
 from .ring import Chain, Virtqueue
 from .virtio import ring_sizes
 
+#: typing.TYPE_CHECKING without importing typing (every start pays for it otherwise).
+TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from typing import Protocol
+
     from .device import Device
     from .memory import GuestMemory
     from .protocol import VringAddr
@@ -270,12 +273,14 @@ def _answer(vq: Virtqueue, chain: Chain, response: Response) -> None:
     vq.push(chain)
 
 
-class VringOwner(Protocol):
-    """What a :class:`Vring` needs from its connection."""
+if TYPE_CHECKING:  # the contract, for type checkers; Connection provides it
 
-    mem: GuestMemory
-    #: VIRTIO_RING_F_EVENT_IDX was negotiated.
-    event_idx: bool
-    device: Device
+    class VringOwner(Protocol):
+        """What a :class:`Vring` needs from its connection."""
 
-    def mark_broken(self, reason: str, index: int | None = None) -> None: ...
+        mem: GuestMemory
+        #: VIRTIO_RING_F_EVENT_IDX was negotiated.
+        event_idx: bool
+        device: Device
+
+        def mark_broken(self, reason: str, index: int | None = None) -> None: ...

@@ -56,17 +56,23 @@ def make_parser(prog: str, description: str, epilog: str | None = None) -> argpa
     return p
 
 
-def implementation() -> tuple[str, str | None]:
-    """What the hot path runs on, and why the compiled extensions are not used if they should be."""
+def implementation(pixels: bool = True) -> tuple[str, str | None]:
+    """What the hot path runs on, and why the compiled extensions are not used if they should be.
+    *pixels*: the GPU's pixel copier counts too (the other programs don't import it)."""
     from ..core import ring
-    from ..devices.gpu import pixels
 
+    errors = [("ring", ring.IMPORT_ERROR)]
+    if pixels:
+        from ..devices.gpu import pixels as pixel_copier
+
+        errors.append(("pixels", pixel_copier.IMPORT_ERROR))
+    what = "ring and pixel copier" if pixels else "ring"
     if NO_EXTENSIONS:
-        return "pure-Python ring and pixel copier (VHOSTSUITE_NO_EXTENSIONS=1)", None
-    problems = [f"{what}: {err}" for what, err in (("ring", ring.IMPORT_ERROR), ("pixels", pixels.IMPORT_ERROR)) if err]
+        return f"pure-Python {what} (VHOSTSUITE_NO_EXTENSIONS=1)", None
+    problems = [f"{name}: {err}" for name, err in errors if err]
     if not problems:
-        return "compiled (Cython) ring and pixel copier", None
-    return "pure-Python ring and pixel copier: the compiled extensions can't be used", "; ".join(problems)
+        return f"compiled (Cython) {what}", None
+    return f"pure-Python {what}: the compiled extensions can't be used", "; ".join(problems)
 
 
 def _version_action() -> type[argparse.Action]:
@@ -124,9 +130,11 @@ def run(
     argv: Sequence[str] | None,
     capabilities: Callable[[], tuple[str, list[str]]],
     make_device: Callable[[argparse.Namespace], object],
+    uses_pixels: bool = False,
 ) -> int:
     """Parse (the parser is made only when needed), then serve. *make_device* may raise
-    StartupError for options this host can't honour."""
+    StartupError for options this host can't honour. *uses_pixels*: the device copies pixels
+    (the start-up warning then covers that extension too)."""
     argv = list(sys.argv[1:] if argv is None else argv)
     if wants_capabilities(argv):
         return print_capabilities(*capabilities())
@@ -141,7 +149,7 @@ def run(
     # A fatal signal (SIGSEGV, SIGBUS, ...) says where on stderr instead of dying silently; the
     # compiled core replaces the SIGBUS report with one naming the guest region.
     faulthandler.enable()
-    what, why = implementation()
+    what, why = implementation(uses_pixels)
     if why:
         log.warning("%s (%s); it runs several times slower", what, why)
     from .server import serve  # the serving machinery is only imported when we serve

@@ -99,13 +99,18 @@ def check_options(args: argparse.Namespace) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    def make_device(args: argparse.Namespace):  # noqa: ANN202 - imports cairo lazily
+    def make_device(args: argparse.Namespace):  # noqa: ANN202 - imports the device lazily
         check_options(args)
+        from importlib.util import find_spec
+
+        # cairo is imported by the first cursor image, not at start-up; its absence is found now.
+        if find_spec("cairo") is None:
+            raise cli.StartupError("pycairo is not installed (Debian: python3-cairo); the cursor needs it")
         from .device import GpuDevice
 
         return GpuDevice(max_hostmem=args.max_hostmem, display_timeout=args.display_timeout)
 
-    return cli.run("vhost-user-gpu", make_parser, argv, capabilities, make_device)
+    return cli.run("vhost-user-gpu", make_parser, argv, capabilities, make_device, uses_pixels=True)
 
 
 __all__ = ["main", "capabilities"]

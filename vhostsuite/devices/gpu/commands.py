@@ -15,10 +15,12 @@ fence echoed, every byte set). No cairo and no I/O here.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, NamedTuple
+from collections import namedtuple
 
 from . import wire as W
 
+#: typing.TYPE_CHECKING without importing typing (every start pays for it otherwise).
+TYPE_CHECKING = False
 if TYPE_CHECKING:
     from ...core.ring import Chain
 
@@ -30,89 +32,64 @@ Header = tuple[int, int, int, int, int]
 HDR_TYPE, HDR_FLAGS, HDR_FENCE_ID, HDR_CTX_ID, HDR_RING_IDX = range(5)
 
 
-class Reply(NamedTuple):
+# Named tuples made with collections.namedtuple, not typing.NamedTuple: the typing module costs
+# every start ~2 ms. Field names follow the structs in <linux/virtio_gpu.h>.
+
+
+class Reply(namedtuple("Reply", "type body", defaults=(b"",))):
     """A response: its type (VIRTIO_GPU_RESP_*) and the body after the header."""
 
-    type: int
-    body: bytes = b""
+    __slots__ = ()
 
 
-class GetDisplayInfo(NamedTuple):
-    pass
+class GetDisplayInfo(namedtuple("GetDisplayInfo", "")):
+    __slots__ = ()
 
 
-class GetEdid(NamedTuple):
-    scanout: int
-    padding: int = 0
+class GetEdid(namedtuple("GetEdid", "scanout padding", defaults=(0,))):
+    __slots__ = ()
 
 
-class ResourceCreate2D(NamedTuple):
-    resource_id: int
-    format: int
-    width: int
-    height: int
+class ResourceCreate2D(namedtuple("ResourceCreate2D", "resource_id format width height")):
+    __slots__ = ()
 
 
-class ResourceUnref(NamedTuple):
-    resource_id: int
-    padding: int = 0
+class ResourceUnref(namedtuple("ResourceUnref", "resource_id padding", defaults=(0,))):
+    __slots__ = ()
 
 
-class SetScanout(NamedTuple):
-    x: int
-    y: int
-    width: int
-    height: int
-    scanout_id: int
-    resource_id: int
+class SetScanout(namedtuple("SetScanout", "x y width height scanout_id resource_id")):
+    __slots__ = ()
 
 
-class ResourceFlush(NamedTuple):
-    x: int
-    y: int
-    width: int
-    height: int
-    resource_id: int
-    padding: int = 0
+class ResourceFlush(namedtuple("ResourceFlush", "x y width height resource_id padding", defaults=(0,))):
+    __slots__ = ()
 
 
-class TransferToHost2D(NamedTuple):
-    x: int
-    y: int
-    width: int
-    height: int
-    offset: int
-    resource_id: int
-    padding: int = 0
+class TransferToHost2D(namedtuple("TransferToHost2D", "x y width height offset resource_id padding", defaults=(0,))):
+    __slots__ = ()
 
 
-class AttachBacking(NamedTuple):
-    resource_id: int
-    #: (guest address, length) of every entry, in order.
-    entries: list[tuple[int, int]]
+class AttachBacking(namedtuple("AttachBacking", "resource_id entries")):
+    """*entries*: (guest address, length) of every entry, in order."""
+
+    __slots__ = ()
 
 
-class DetachBacking(NamedTuple):
-    resource_id: int
-    padding: int = 0
+class DetachBacking(namedtuple("DetachBacking", "resource_id padding", defaults=(0,))):
+    __slots__ = ()
 
 
-class UpdateCursor(NamedTuple):
+class UpdateCursor(namedtuple("UpdateCursor", "move scanout_id x y resource_id hot_x hot_y")):
     """UPDATE_CURSOR and MOVE_CURSOR (``move`` tells which)."""
 
-    move: bool
-    scanout_id: int
-    x: int
-    y: int
-    resource_id: int
-    hot_x: int
-    hot_y: int
+    __slots__ = ()
 
 
-class Unsupported(NamedTuple):
+class Unsupported(namedtuple("Unsupported", "type")):
     """A command type this device does not implement (3D, blob, UUID ...)."""
 
-    type: int
+    __slots__ = ()
 
 
 Command = (

@@ -3,9 +3,6 @@
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING
-
-import cairo
 
 from ...core.guestlog import GuestLog
 from . import commands as K
@@ -13,6 +10,8 @@ from . import pixels
 from . import wire as W
 from .resources import Resource, Resources
 
+#: typing.TYPE_CHECKING without importing typing (every start pays for it otherwise).
+TYPE_CHECKING = False
 if TYPE_CHECKING:
     from .display import DisplayChannel
 
@@ -40,6 +39,8 @@ def update_cursor(cmd: K.UpdateCursor, resources: Resources, display: DisplayCha
 
 def cursor_image(res: Resource) -> bytes:
     """The 64x64 a8r8g8b8 cursor image of *res*: converted, then cropped or padded with cairo."""
+    import cairo  # here: the first cursor image pays for it, not every start (~3 ms)
+
     size = W.CURSOR_SIZE
     w, h = min(res.width, size), min(res.height, size)
     src = bytearray(w * h * 4)

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING
 
 from ...core.device import PENDING, Device, QueueSpec, Response
 from ...core.protocol import Request
@@ -34,6 +33,8 @@ from .display import DisplayChannel, ReplyCallback
 from .resources import Resource, Resources
 from .scanouts import Scanouts
 
+#: typing.TYPE_CHECKING without importing typing (every start pays for it otherwise).
+TYPE_CHECKING = False
 if TYPE_CHECKING:
     from ...core.memory import Region
     from ...core.ring import Chain

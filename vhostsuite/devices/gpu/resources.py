@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING
 
 from ...core.errors import GuestMemoryError
 from ...core.guestlog import GuestLog
@@ -20,6 +19,8 @@ from . import commands as K
 from . import pixels
 from . import wire as W
 
+#: typing.TYPE_CHECKING without importing typing (every start pays for it otherwise).
+TYPE_CHECKING = False
 if TYPE_CHECKING:
     from ...core.memory import GuestMemory, Region
 

@@ -15,9 +15,13 @@ import json
 import os
 import struct
 import sys
+from collections import namedtuple
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
-from typing import Any
+
+#: typing.TYPE_CHECKING without importing typing (every start pays for it otherwise).
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
 
 # <linux/virtio_input.h>
 VIRTIO_INPUT_CFG_UNSET = 0x00
@@ -66,31 +70,48 @@ class DescriptionError(ValueError):
     """A device description that can't be served (bad JSON file, impossible codes)."""
 
 
-@dataclass(frozen=True)
-class AbsInfo:
-    min: int = 0
-    max: int = 0
-    fuzz: int = 0
-    flat: int = 0
-    resolution: int = 0
+class AbsInfo(namedtuple("AbsInfo", "min max fuzz flat resolution", defaults=(0, 0, 0, 0, 0))):
+    """An axis's range (struct virtio_input_absinfo). A named tuple, not a dataclass: importing
+    dataclasses (and inspect) costs every start ~8 ms."""
+
+    __slots__ = ()
 
 
-@dataclass
 class Description:
-    """What the guest is told about the device."""
+    """What the guest is told about the device (validated when made)."""
 
-    name: str
-    serial: str = ""
-    #: bustype, vendor, product, version
-    ids: tuple[int, int, int, int] = (BUS_VIRTUAL, 0, 0, 0)
-    props: frozenset[int] = frozenset()
-    #: event type -> codes; EV_SYN is implicit and never listed.
-    events: dict[int, frozenset[int]] = field(default_factory=dict)
-    #: axis -> range, for every code of EV_ABS.
-    absinfo: dict[int, AbsInfo] = field(default_factory=dict)
+    __slots__ = ("name", "serial", "ids", "props", "events", "absinfo")
 
-    def __post_init__(self) -> None:
+    def __init__(
+        self,
+        name: str,
+        serial: str = "",
+        ids: tuple[int, int, int, int] = (BUS_VIRTUAL, 0, 0, 0),
+        props: frozenset[int] = frozenset(),
+        events: dict[int, frozenset[int]] | None = None,
+        absinfo: dict[int, AbsInfo] | None = None,
+    ) -> None:
+        self.name = name
+        self.serial = serial
+        #: bustype, vendor, product, version
+        self.ids = ids
+        self.props = props
+        #: event type -> codes; EV_SYN is implicit and never listed.
+        self.events: dict[int, frozenset[int]] = {} if events is None else events
+        #: axis -> range, for every code of EV_ABS.
+        self.absinfo: dict[int, AbsInfo] = {} if absinfo is None else absinfo
         self.validate()
+
+    def _fields(self) -> tuple:
+        return tuple(getattr(self, f) for f in self.__slots__)
+
+    def __eq__(self, other: object) -> bool:
+        return type(other) is Description and self._fields() == other._fields()
+
+    __hash__ = None  # mutable, like the dataclass it replaces
+
+    def __repr__(self) -> str:
+        return "Description(" + ", ".join(f"{f}={getattr(self, f)!r}" for f in self.__slots__) + ")"
 
     def validate(self) -> None:
         if len(self.name.encode()) > UNION_SIZE:

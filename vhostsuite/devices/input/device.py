@@ -54,17 +54,21 @@ import logging
 import struct
 import time
 from collections import deque
-from typing import TYPE_CHECKING, Any
 
 from ...core.device import PENDING, Device, QueueSpec, Response
 from ...core.errors import RingError
 from ...core.guestlog import GuestLog
 from ...core.virtio import VIRTIO_ID_INPUT
 from . import config as C
-from .sources import Event, EventSource
+from .sources import Event
 
+#: typing.TYPE_CHECKING without importing typing (every start pays for it otherwise).
+TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from typing import Any
+
     from ...core.ring import Chain
+    from .sources import EventSource
 
 log = logging.getLogger("vhostsuite.input")
 guest_log = GuestLog(log)

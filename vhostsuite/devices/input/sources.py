@@ -40,13 +40,16 @@ import os
 import socket
 import stat
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, Protocol
 
 from ...core.errors import StartupError
 from ...program.unix import listen
 from . import config as C
 
+#: typing.TYPE_CHECKING without importing typing (every start pays for it otherwise).
+TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from typing import Any, Protocol
+
     from ...core.loop import Loop
 
 log = logging.getLogger("vhostsuite.input")
@@ -71,16 +74,18 @@ class SourceGone(StartupError):
     """The host input device went away: the program ends with status 1 and this message."""
 
 
-class EventSource(Protocol):
-    description: C.Description
+if TYPE_CHECKING:  # the contract, for type checkers; EvdevSource and VirtualSource provide it
 
-    def start(self, loop: Loop, sink: Sink) -> None:
-        """Register the source's fds on *loop*; events go to *sink* as they arrive."""
+    class EventSource(Protocol):
+        description: C.Description
 
-    def write_status(self, events: list[Event]) -> None:
-        """Events the guest wrote to the status queue (EV_LED, EV_SND, EV_SYN ...)."""
+        def start(self, loop: Loop, sink: Sink) -> None:
+            """Register the source's fds on *loop*; events go to *sink* as they arrive."""
 
-    def close(self) -> None: ...
+        def write_status(self, events: list[Event]) -> None:
+            """Events the guest wrote to the status queue (EV_LED, EV_SND, EV_SYN ...)."""
+
+        def close(self) -> None: ...
 
 
 # -- evdev ---------------------------------------------------------------------------------
