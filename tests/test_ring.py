@@ -920,3 +920,77 @@ def test_pop_batch_that_empties_the_ring_asks_for_the_next_kick(impl: type) -> N
     g.add_chain([], [8])
     assert len(vq.pop_batch(1, 1 << 20)) == 1  # stopped by the budget, emptied: asked again
     assert g.avail_event() == 5
+
+
+def test_serve_answers_within_the_budget(impl: type) -> None:
+    """serve: each chain to the handler, its bytes-like answer written and the chain pushed (None:
+    pushed with what the handler wrote), within the chain and byte budgets of pop_batch."""
+    g = GuestRing(32)
+    specs = [g.add_chain([bytes([i]) * (10 + i)], [100]) for i in range(12)]
+    vq = g.queue(impl, event_idx=True)
+    seen = []
+
+    def handler(chain):  # noqa: ANN001, ANN202
+        seen.append(chain.head)
+        data = chain.read()
+        if data[0] % 3 == 0:
+            return data.upper()  # bytes
+        if data[0] % 3 == 1:
+            chain.write(b"by hand", 2)
+            return None
+        return bytearray(b"ba")  # any bytes-like object
+
+    assert vq.serve(handler, 5, 1 << 20) == (5, True, None, None)
+    assert vq.serve(handler, 100, 115 + 116 + 1) == (3, True, None, None)  # the byte budget, as pop_batch's
+    assert vq.serve(handler, 100, 0) == (1, True, None, None), "at least one chain when any waits"
+    assert vq.serve(handler, 100, 1 << 20) == (3, True, None, None)
+    assert vq.serve(handler, 100, 1 << 20) == (0, False, None, None)
+    assert seen == [s.head for s in specs]
+    assert [g.used_elem(i) for i in range(12)] == [
+        (s.head, (10 + i) if i % 3 == 0 else 9 if i % 3 == 1 else 2) for i, s in enumerate(specs)
+    ]
+    assert g.used_idx() == 12 and g.avail_event() == 12, "emptied: the next kick is asked for"
+
+
+def test_serve_stops_at_pending_paused_and_detached(impl: type) -> None:
+    """An answer that is not bytes-like (the core's PENDING) comes back with its chain, unpushed;
+    paused stops after pushing the chain whose handler set it, detached without pushing it."""
+    g = GuestRing(16)
+    specs = [g.add_chain([b"c"], [8]) for _ in range(6)]
+    vq = g.queue(impl)
+    marker = object()
+    actions = iter(["answer", marker, "pause", "detach", "answer"])
+
+    def handler(chain):  # noqa: ANN001, ANN202
+        what = next(actions)
+        if what is marker:
+            return marker
+        if what == "pause":
+            vq.paused = True
+        if what == "detach":
+            vq.detached = True
+        return b"ok"
+
+    handled, pushed, chain, answer = vq.serve(handler, 64, 1 << 20)
+    assert (handled, pushed, answer) == (2, True, marker) and chain.head == specs[1].head
+    assert vq.serve(handler, 64, 1 << 20) == (1, True, None, None)  # paused after pushing it
+    assert g.used_idx() == 2 and vq.serve(handler, 64, 1 << 20) == (0, False, None, None)
+    vq.paused = False
+    assert vq.serve(handler, 64, 1 << 20) == (1, False, None, None)  # detached: not pushed
+    assert g.used_idx() == 2 and vq.last_avail_idx == 4
+
+
+def test_serve_lets_a_handler_error_through_with_its_chain_unpushed(impl: type) -> None:
+    g = GuestRing(8)
+    g.add_chain([b"a"], [8])
+    g.add_chain([b"b"], [8])
+    vq = g.queue(impl)
+
+    def handler(chain):  # noqa: ANN001, ANN202
+        if chain.read() == b"b":
+            raise KeyError("device bug")
+        return b"fine"
+
+    with pytest.raises(KeyError):
+        vq.serve(handler, 8, 1 << 20)
+    assert g.used_idx() == 1 and vq.last_avail_idx == 2

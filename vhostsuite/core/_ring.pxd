@@ -103,6 +103,9 @@ cdef class Virtqueue:
     cdef readonly object mem
     cdef readonly unsigned int num
     cdef public bint event_idx
+    # serve() stops: after the chain whose handler set paused (it is pushed), or detached (not pushed)
+    cdef public bint paused
+    cdef public bint detached
     cdef uint16_t _last_avail
     cdef uint16_t _used_idx
     cdef uint16_t _signalled_used
@@ -122,3 +125,4 @@ cdef class Virtqueue:
     cdef Py_ssize_t _pending(self) except -1
     cdef object _pop(self)
     cdef int _push(self, object head, object length) except -1
+    cdef int _push_c(self, uint32_t head, uint32_t length) except -1

@@ -20,8 +20,10 @@ both over random and hostile rings. Design:
 """
 
 cimport cython
-from cpython.buffer cimport PyBUF_C_CONTIGUOUS, PyBUF_SIMPLE, PyBUF_WRITABLE, PyBuffer_Release, PyObject_GetBuffer
-from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize
+from cpython.buffer cimport (
+    PyBUF_C_CONTIGUOUS, PyBUF_SIMPLE, PyBUF_WRITABLE, PyBuffer_Release, PyObject_CheckBuffer, PyObject_GetBuffer,
+)
+from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_CheckExact, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
 from cpython.long cimport PyLong_Check
 from cpython.number cimport PyNumber_Index
 from cpython.pyport cimport PY_SSIZE_T_MAX, PY_SSIZE_T_MIN
@@ -810,6 +812,54 @@ cdef class Virtqueue:
             vs_fence_full()
         return out
 
+    def serve(self, handler, Py_ssize_t max_chains, Py_ssize_t max_bytes):
+        """Pop chains and answer them with *handler*, within the budget of :meth:`pop_batch`.
+
+        Each chain goes to ``handler(chain)``; a bytes-like answer is written at the start of
+        its writable part, then the chain is pushed (None: pushed with what the handler wrote).
+        It stops at an empty ring, at the budget, when :attr:`paused` is set (after pushing the
+        chain whose handler set it), when :attr:`detached` is set (that chain is not pushed),
+        or at an answer that is neither None nor bytes-like, which is returned with its chain,
+        unpushed (the core's PENDING). Returns ``(chains handled, whether any was pushed, that
+        chain or None, its answer or None)``. An exception from *handler* propagates; its chain
+        was popped and not pushed.
+        """
+        cdef Py_ssize_t handled = 0, nbytes = 0, done, n
+        cdef bint pushed = False
+        cdef Chain c
+        _check_init(self)
+        while handled < max_chains and (nbytes < max_bytes or handled == 0):
+            if self.paused or self.detached:
+                return handled, pushed, None, None
+            chain = self._pop()
+            if chain is None:
+                return handled, pushed, None, None
+            c = <Chain>chain
+            handled += 1
+            nbytes += c.read_size + c.write_size
+            response = handler(c)
+            if self.detached:  # the ring went while the handler ran: nothing goes to it
+                return handled, pushed, None, None
+            if response is not None:
+                if PyBytes_CheckExact(response) and PyBytes_GET_SIZE(response) < NOGIL_COPY:
+                    # the common answer (a GPU response, a small read): one scatter, no buffer export
+                    n = PyBytes_GET_SIZE(response)
+                    if c._scatter(PyBytes_AS_STRING(response), n, 0, &done) >= 0:
+                        raise TypeError("cannot modify read-only memory")
+                    if done > c.written:
+                        c.written = done
+                elif PyObject_CheckBuffer(response):
+                    c.write(response)
+                else:
+                    return handled, pushed, c, response
+            self._push_c(<uint32_t>c.head, <uint32_t>c.written)
+            pushed = True
+        if self.event_idx and self._pending() == 0:
+            self._check_used_writable()
+            vs_st16(self._used + 4 + _USED_ELEM_SIZE * self.num, self._last_avail)
+            vs_fence_full()
+        return handled, pushed, None, None
+
     def unpop(self, Py_ssize_t n):
         """Give back the *n* chains popped last (none of them pushed): they are popped again."""
         _check_init(self)
@@ -892,7 +942,6 @@ cdef class Virtqueue:
         _check_init(self)
         cdef uint32_t ln = _u32(length)
         cdef long long h
-        cdef uint32_t slot = self._used_idx % self.num
         self._check_used_writable()
         h = -1
         if PyLong_Check(head):
@@ -902,7 +951,12 @@ cdef class Virtqueue:
                 pass
         if h < 0 or h > 0xFFFFFFFF:
             raise OverflowError(f"used element id {head!r} out of range")
-        vs_st_used_elem(self._used + 4 + _USED_ELEM_SIZE * slot, <uint32_t>h, ln)
+        return self._push_c(<uint32_t>h, ln)
+
+    cdef int _push_c(self, uint32_t head, uint32_t length) except -1:
+        cdef uint32_t slot = self._used_idx % self.num
+        self._check_used_writable()
+        vs_st_used_elem(self._used + 4 + _USED_ELEM_SIZE * slot, head, length)
         self._used_idx += 1
         vs_fence_release()      # the element is visible before the index that publishes it
         vs_st16(self._used + 2, self._used_idx)

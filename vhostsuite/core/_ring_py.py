@@ -31,6 +31,11 @@ from .virtio import (
     used_event_word,
 )
 
+#: typing.TYPE_CHECKING without importing typing.
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
 if sys.byteorder != "little":  # pragma: no cover
     raise ImportError("vhostsuite supports little-endian hosts only (virtio 1.x rings are little-endian)")
 
@@ -159,6 +164,10 @@ class Virtqueue:
         self.used_idx = self._used16[USED_IDX]
         self._signalled_used = self.used_idx
         self._signalled_valid = False
+        #: serve() stops after the chain whose handler set it (that chain is pushed).
+        self.paused = False
+        #: serve() stops after the chain whose handler set it (that chain is not pushed).
+        self.detached = False
 
     # -- avail side ---------------------------------------------------------
     def avail_idx(self) -> int:
@@ -205,6 +214,44 @@ class Virtqueue:
         if self.event_idx and self.pending() == 0:
             self._used16[avail_event_word(self.num)] = self.last_avail_idx
         return out
+
+    def serve(self, handler: Callable[[Chain], object], max_chains: int, max_bytes: int
+              ) -> tuple[int, bool, Chain | None, object]:  # fmt: skip
+        """Pop chains and answer them with *handler*, within the budget of :meth:`pop_batch`.
+
+        Each chain goes to ``handler(chain)``; a bytes-like answer is written at the start of
+        its writable part, then the chain is pushed (None: pushed with what the handler wrote).
+        It stops at an empty ring, at the budget, when :attr:`paused` is set (after pushing the
+        chain whose handler set it), when :attr:`detached` is set (that chain is not pushed),
+        or at an answer that is neither None nor bytes-like, which is returned with its chain,
+        unpushed (the core's PENDING). Returns ``(chains handled, whether any was pushed, that
+        chain or None, its answer or None)``. An exception from *handler* propagates; its chain
+        was popped and not pushed.
+        """
+        handled = nbytes = 0
+        pushed = False
+        while handled < max_chains and (nbytes < max_bytes or not handled):
+            if self.paused or self.detached:
+                return handled, pushed, None, None
+            chain = self.pop()
+            if chain is None:
+                return handled, pushed, None, None
+            handled += 1
+            nbytes += chain.read_size + chain.write_size
+            response = handler(chain)
+            if self.detached:  # the ring went while the handler ran: nothing goes to it
+                return handled, pushed, None, None
+            if response is not None:
+                try:
+                    data = memoryview(response)  # any bytes-like object, as the compiled ring takes
+                except TypeError:
+                    return handled, pushed, chain, response
+                chain.write(data)
+            self.push_head(chain.head, chain.written)
+            pushed = True
+        if self.event_idx and self.pending() == 0:
+            self._used16[avail_event_word(self.num)] = self.last_avail_idx
+        return handled, pushed, None, None
 
     def unpop(self, n: int) -> None:
         """Give back the *n* chains popped last (none of them pushed): they are popped again."""

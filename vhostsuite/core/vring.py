@@ -70,8 +70,7 @@ class Vring:
         self.enabled = False
         # -- the core's state
         self.broken = False
-        #: A device asked for no pops (``ctx.hold``).
-        self.held = False
+        self._held = False
         self.vq: Virtqueue | None = None
         #: Popped chains waiting for the device (PENDING), in pop order: always the newest popped.
         self.inflight: deque[Chain] = deque()
@@ -79,6 +78,23 @@ class Vring:
         self._notify_scheduled = False
 
     # -- state ---------------------------------------------------------------------------
+    @property
+    def held(self) -> bool:
+        """A device asked for no pops (``ctx.hold``): a run in progress stops after its chain."""
+        return self._held
+
+    @held.setter
+    def held(self, value: bool) -> None:
+        self._held = value
+        if self.vq is not None:
+            self.vq.paused = value
+
+    def _drop_ring(self) -> None:
+        """Forget the ring; a run in progress stops without pushing its chain."""
+        if self.vq is not None:
+            self.vq.detached = True
+            self.vq = None
+
     def live(self) -> Virtqueue | None:
         """The ring if it may be processed now (started, enabled, mapped, not broken)."""
         if not (self.started and self.enabled) or self.broken:
@@ -102,6 +118,7 @@ class Vring:
                 self.base,
                 self.owner.event_idx,
             )
+            self.vq.paused = self._held
         except (GuestMemoryError, RingError) as e:
             self.owner.mark_broken(f"queue {self.index}: {e}", self.index)
             return False
@@ -112,7 +129,7 @@ class Vring:
         flight, so they are popped again from the next ring; the device forgets them."""
         if self.vq is not None:
             self.base = (self.vq.last_avail_idx - len(self.inflight)) & 0xFFFF
-            self.vq = None
+            self._drop_ring()
         self._forget_inflight()
 
     def _forget_inflight(self) -> None:
@@ -130,7 +147,7 @@ class Vring:
     def break_(self) -> None:
         """The guest broke this queue: nothing more is popped or pushed until a reset."""
         self.broken = True
-        self.vq = None
+        self._drop_ring()
         self._forget_inflight()
         if self.err_fd is not None:
             signal_eventfd(self.err_fd)
@@ -139,7 +156,7 @@ class Vring:
 
     def close(self) -> None:
         """Reset or hang-up: drop everything, close the fds."""
-        self.vq = None
+        self._drop_ring()
         self._forget_inflight()
         self.set_kick(None)
         close_fds([fd for fd in (self.call_fd, self.err_fd) if fd is not None])
@@ -175,54 +192,63 @@ class Vring:
         self.run()
 
     def run(self) -> None:
-        """One turn: pop up to the budget, hand each chain to the device, push, notify once."""
+        """One turn: pop up to the budget, hand each chain to the device, push, notify once.
+
+        The compiled ring's ``serve`` does the per-chain work (pop, call the handler, write and
+        push its answer); it hands back a PENDING chain, which waits in flight. A queue that
+        is not serial goes on popping behind it, every chain after it pending too.
+        """
         vq = self.live()
-        if vq is None or self.held or (self.spec.serial and self.inflight):
+        if vq is None or self._held or (self.spec.serial and self.inflight):
             return
-        handler = self.spec.handler
-        serial = self.spec.serial
-        inflight = self.inflight
-        push = vq.push
-        pending = PENDING
+        handled = 0
         pushed = False
-        batch = ()
+        failed: str | None = None
         try:
-            batch = vq.pop_batch(BUDGET_CHAINS, BUDGET_BYTES)
-            for n, chain in enumerate(batch, 1):
-                response = handler(chain)
-                if self.vq is not vq:  # the ring went while the handler ran: nothing goes to it
-                    return
-                if response is pending:
-                    inflight.append(chain)
-                    if serial:  # the rest waits for this one: back to the ring, popped again later
-                        vq.unpop(len(batch) - n)
-                        break
-                elif inflight:
-                    # A stop would rewind past the pending chain and pop this one again.
-                    raise RuntimeError("a chain answered while an earlier one is pending (make the queue serial)")
-                else:
-                    if response is not None:
-                        chain.write(response)
-                    push(chain)
-                    pushed = True
-                if self.held:
-                    vq.unpop(len(batch) - n)
-                    break
-            else:
-                if batch and vq.pending():
+            if not self.inflight:
+                handled, pushed, chain, response = vq.serve(self.spec.handler, BUDGET_CHAINS, BUDGET_BYTES)
+                if chain is not None:
+                    if response is not PENDING:
+                        raise TypeError(f"a handler answered with {type(response).__name__}")
+                    self.inflight.append(chain)
+                    if not self.spec.serial and not self._held and handled < BUDGET_CHAINS:
+                        handled += self._run_pending(vq, BUDGET_CHAINS - handled)
+                elif self.vq is vq and not self._held and vq.pending():
                     self.schedule()  # the budget is spent and more waits: the next turn, after everyone else's
+            else:
+                handled = self._run_pending(vq, BUDGET_CHAINS)
         except RingError as e:
-            self.owner.mark_broken(f"queue {self.index}: {e}", self.index)
-            return
+            failed = f"queue {self.index}: {e}"
         except Exception as e:
             log.exception("device failed on queue %d (%s)", self.index, self.spec.name)
-            self.owner.mark_broken(f"queue {self.index}: internal error {e!r}", self.index)
+            failed = f"queue {self.index}: internal error {e!r}"
+        if (handled or failed) and self.spec.batch_end is not None:
+            self._batch_end()
+        if failed is not None:
+            self.owner.mark_broken(failed, self.index)
             return
-        finally:
-            if batch and self.spec.batch_end is not None:
-                self._batch_end()
         if pushed:
             self.notify()
+
+    def _run_pending(self, vq: Virtqueue, budget: int) -> int:
+        """Chains popped behind a pending one on a queue that is not serial: each must be
+        pending too (a stop rewinds past them all). How many were handed to the device."""
+        handler = self.spec.handler
+        batch = vq.pop_batch(budget, BUDGET_BYTES)
+        for n, chain in enumerate(batch, 1):
+            response = handler(chain)
+            if self.vq is not vq:
+                return n
+            if response is not PENDING:
+                # A stop would rewind past the pending chain and pop this one again.
+                raise RuntimeError("a chain answered while an earlier one is pending (make the queue serial)")
+            self.inflight.append(chain)
+            if self._held:
+                vq.unpop(len(batch) - n)
+                return n
+        if batch and vq.pending():
+            self.schedule()
+        return len(batch)
 
     def _batch_end(self) -> None:
         try:
