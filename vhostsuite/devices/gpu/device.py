@@ -53,6 +53,9 @@ SYNC_WAIT = 0.001
 _decode_control = K.decode_control
 _encode = K.encode
 _Reply = K.Reply
+_OK_NODATA = K.OK_NODATA
+_NODATA_BYTES = K.encode(K.NO_HEADER, K.OK_NODATA)
+_FENCE = W.VIRTIO_GPU_FLAG_FENCE
 
 
 class GpuDevice(Device):
@@ -70,10 +73,6 @@ class GpuDevice(Device):
         self.events_read = 0
         #: The display modes body (16 x display_one) QEMU last told us.
         self._display_body: bytes | None = None
-        #: The control command being dispatched (its header and chain), for the ones that ask
-        #: the display; the control queue is serial, so there is one at a time.
-        self._hdr: K.Header = K.NO_HEADER
-        self._chain: Chain | None = None
         #: A batch of commands is being handled (display output is held until its end).
         self._in_batch = False
         #: The GET_DISPLAY_INFO answer of this batch, if one was asked.
@@ -85,9 +84,8 @@ class GpuDevice(Device):
             QueueSpec("cursor", self._cursor, batch_end=self._batch_end),
         )
         self.requests = {Request.GPU_SET_SOCKET: self._set_socket}
-        self._dispatch: dict[type, Callable[..., K.Reply | Response]] = {
-            K.GetDisplayInfo: self._get_display_info,
-            K.GetEdid: self._get_edid,
+        #: Command type -> handler(command) -> Reply.
+        self._dispatch: dict[type, Callable[..., K.Reply]] = {
             K.ResourceCreate2D: self.resources.create_2d,
             K.ResourceUnref: self.resources.unref,
             K.AttachBacking: self._attach_backing,
@@ -96,6 +94,12 @@ class GpuDevice(Device):
             K.SetScanout: self.scanouts.set_scanout,
             K.ResourceFlush: self.scanouts.flush,
             K.Unsupported: self._unsupported,
+        }
+        #: The commands that ask the display: handler(command, header, chain) -> Reply or PENDING
+        #: (they complete the chain later).
+        self._asking: dict[type, Callable[..., K.Reply | Response]] = {
+            K.GetDisplayInfo: self._get_display_info,
+            K.GetEdid: self._get_edid,
         }
 
     # -- config space ---------------------------------------------------------------------
@@ -162,20 +166,16 @@ class GpuDevice(Device):
         if not self._in_batch:
             self._begin_batch()
         hdr, cmd = _decode_control(chain)
-        kind = cmd.__class__
-        if kind is _Reply:
+        handler = self._dispatch.get(cmd.__class__)
+        if handler is not None:
+            reply = handler(cmd)
+            if reply is _OK_NODATA and not hdr[1] & _FENCE:  # the most common answer, made once
+                return _NODATA_BYTES
+            return _encode(hdr, reply)
+        if cmd.__class__ is _Reply:  # what could not be decoded
             return _encode(hdr, cmd)
-        # Only for the dispatch: a chain kept past its command would pin guest memory the
-        # front-end removes later.
-        self._hdr = hdr
-        self._chain = chain
-        try:
-            reply = self._dispatch[kind](cmd)
-        finally:
-            self._chain = None
-        if reply is PENDING:
-            return PENDING
-        return _encode(hdr, reply)
+        reply = self._asking[cmd.__class__](cmd, hdr, chain)
+        return reply if reply is PENDING else _encode(hdr, reply)
 
     def _cursor(self, chain: Chain) -> None:
         if not self._in_batch:
@@ -202,10 +202,11 @@ class GpuDevice(Device):
         self.scanouts.resource_destroyed(res)
 
     # -- commands that ask the display ----------------------------------------------------------
-    def _ask(self, send: Callable[[ReplyCallback], bool], answer: Callable[[bytes | None], K.Reply]) -> Response:
-        """Ask the display with *send*; the command is answered with ``answer(reply or None)``,
-        now if the reply comes within :data:`SYNC_WAIT`, else later (PENDING)."""
-        hdr, chain = self._hdr, self._chain
+    def _ask(self, send: Callable[[ReplyCallback], bool], answer: Callable[[bytes | None], K.Reply],
+             hdr: K.Header, chain: Chain) -> Response:  # fmt: skip
+        """Ask the display with *send*; the command (*hdr*, *chain*) is answered with
+        ``answer(reply or None)``, now if the reply comes within :data:`SYNC_WAIT`, else later
+        (PENDING)."""
         waiting = True
         replied = False
         result: bytes | None = None
@@ -229,7 +230,7 @@ class GpuDevice(Device):
             return answer(result)
         return PENDING
 
-    def _get_display_info(self, cmd: K.GetDisplayInfo) -> Response:
+    def _get_display_info(self, cmd: K.GetDisplayInfo, hdr: K.Header, chain: Chain) -> Response:
         if self._batch_display_info is not None:
             return self._batch_display_info
 
@@ -238,12 +239,12 @@ class GpuDevice(Device):
                 self._display_body = reply[W.CTRL_HDR.size : W.RESP_DISPLAY_INFO_SIZE]
             return K.Reply(W.VIRTIO_GPU_RESP_OK_DISPLAY_INFO, self._default_display_body())
 
-        reply = self._ask(lambda got: self.display.get_display_info(got), answer)
+        reply = self._ask(lambda got: self.display.get_display_info(got), answer, hdr, chain)
         if reply is not PENDING:
             self._batch_display_info = reply
         return reply
 
-    def _get_edid(self, cmd: K.GetEdid) -> Response:
+    def _get_edid(self, cmd: K.GetEdid, hdr: K.Header, chain: Chain) -> Response:
         if not self.acked_features & bit(W.VIRTIO_GPU_F_EDID):
             return K.ERR_UNSPEC
         scanout = cmd.scanout
@@ -260,7 +261,7 @@ class GpuDevice(Device):
             w, h = self._mode(scanout)
             return _edid_reply(edid.generate(w, h, serial=scanout))
 
-        return self._ask(lambda got: self.display.get_edid(scanout, got), answer)
+        return self._ask(lambda got: self.display.get_edid(scanout, got), answer, hdr, chain)
 
     def _default_display_body(self) -> bytes:
         if self._display_body is not None:
@@ -277,7 +278,6 @@ class GpuDevice(Device):
 
     # -- life cycle ---------------------------------------------------------------------------
     def reset(self) -> None:
-        self._chain = None
         self._batch_end()
         self.resources.clear()
         self.scanouts.reset()
