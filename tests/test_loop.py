@@ -85,3 +85,21 @@ def test_an_fd_number_reused_after_a_close_without_removal_works() -> None:
     loop.close()
     for s in (b, c, d):
         s.close()
+
+
+def test_cancelled_timers_do_not_pile_up() -> None:
+    """A request's timeout is cancelled microseconds after it is set, thousands of times a
+    second: the loop keeps memory in proportion to the live timers, not to the cancellations
+    (handles cancelled after they ran included)."""
+    loop = Loop()
+    ran: list[int] = []
+    keep = loop.call_later(3600, lambda: ran.append(0))
+    for _ in range(10_000):
+        loop.cancel(loop.call_later(5, lambda: ran.append(1)))
+    fired = loop.call_later(0, lambda: ran.append(2))
+    run_turns(loop, 1)
+    for _ in range(1000):
+        loop.cancel(fired)  # already ran
+    assert ran == [2]
+    assert len(loop._timers) <= 2 * 64 + 2 and len(loop._cancelled) <= 64 + 1  # noqa: SLF001
+    assert any(t[1] == keep for t in loop._timers)  # noqa: SLF001 - the live one stays

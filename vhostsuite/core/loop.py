@@ -104,7 +104,17 @@ class Loop:
         return handle
 
     def cancel(self, handle: int) -> None:
+        """Cancel a timer (one that already ran, or was cancelled, is ignored)."""
         self._cancelled.add(handle)
+        # A cancelled timer stays in the heap until it is due (a display request's 5 s timeout,
+        # cancelled microseconds later when the answer comes). When cancelled handles outnumber
+        # the live timers the heap is rebuilt without them: the heap and the set stay within
+        # twice the live timers (plus a small floor), whatever the rate of requests.
+        if len(self._cancelled) > 64 and 2 * len(self._cancelled) > len(self._timers):
+            cancelled = self._cancelled
+            self._timers = [t for t in self._timers if t[1] not in cancelled]
+            heapq.heapify(self._timers)
+            cancelled.clear()
 
     def call_soon(self, callback: Callable[[], None]) -> None:
         """Run *callback* once at the end of this turn, or of the next one if called from there."""
