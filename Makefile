@@ -79,7 +79,11 @@ lint:
 	elif [ -n "$$CI" ]; then echo "lint: ruff is not installed (CI must lint)" >&2; exit 1; \
 	else echo "lint: skipped, ruff is not installed (pip install ruff)"; fi
 
+# The GPU bench also compares with QEMU 10's C vhost-user-gpu from the guest kit's Debian 13 tree
+# (made once, cached: needs root and the network the first time; without it the bench says so).
 bench: build
+	@$(PYTHON) -c 'from vhostsuite.testing import guest; guest.provision_qemu()' 2>/dev/null \
+	  || echo "the guest kit's QEMU 10 tree can't be made here: the GPU bench compares with QEMU 7.2 only"
 	$(PYTHON) -m pytest bench --benchmark-only -s --benchmark-columns=min,median,mean,ops,rounds
 
 demo: build
