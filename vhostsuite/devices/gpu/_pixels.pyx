@@ -9,6 +9,7 @@ from cpython.buffer cimport PyBUF_SIMPLE, PyBUF_WRITABLE, PyBuffer_Release, PyOb
 from libc.stdint cimport uint8_t, uint32_t
 from libc.stdlib cimport free, malloc
 from libc.string cimport memcpy
+from cpython.exc cimport PyErr_SetFromErrno
 
 from vhostsuite.core._ring cimport NOGIL_COPY
 
@@ -195,3 +196,35 @@ cdef void _swizzle_rows(int kind, const uint8_t* s, Py_ssize_t ss, uint8_t* d, P
             memcpy(&v, sp + 4 * x, 4)
             v = _perm(kind, v)
             memcpy(dp + 4 * x, &v, 4)
+
+
+cdef extern from "<sys/uio.h>" nogil:
+    cdef struct iovec:
+        void *iov_base
+        size_t iov_len
+
+cdef extern from "<fcntl.h>" nogil:
+    # vmsplice(2) (_GNU_SOURCE, which Cython's generated C defines)
+    ssize_t c_vmsplice "vmsplice" (int fd, const iovec *iov, size_t nr_segs, unsigned int flags)
+    enum:
+        SPLICE_F_NONBLOCK
+
+def vmsplice(int fd, data):
+    """Hand the pages of *data* (a bytes-like view of memory that stays mapped) to the pipe *fd*
+    by reference, without blocking; the bytes moved. The kernel keeps the pages: what the pipe
+    holds is what they hold when the pipe's reader takes it (never freed memory)."""
+    cdef Py_buffer b
+    cdef iovec v
+    cdef ssize_t n
+    PyObject_GetBuffer(data, &b, PyBUF_SIMPLE)
+    try:
+        if b.len == 0:
+            return 0
+        v.iov_base = b.buf
+        v.iov_len = <size_t>b.len
+        n = c_vmsplice(fd, &v, 1, SPLICE_F_NONBLOCK)
+        if n < 0:
+            PyErr_SetFromErrno(OSError)
+        return n
+    finally:
+        PyBuffer_Release(&b)

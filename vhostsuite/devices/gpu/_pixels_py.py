@@ -13,6 +13,7 @@ Both modules expose the same API and raise the same errors for out-of-range argu
 from __future__ import annotations
 
 import bisect
+import os
 
 from .wire import SWIZZLE_BSWAP, SWIZZLE_NONE, SWIZZLE_ROTATE, SWIZZLE_SWAP02
 
@@ -132,3 +133,9 @@ def swizzle_rect(
         for k in range(4):
             tmp[k::4] = srow[perm[k] :: 4]
         drow[:] = tmp
+
+
+def vmsplice(fd: int, data) -> int:  # noqa: ANN001 - any bytes-like object
+    """Put *data* into the pipe *fd* without blocking; the bytes moved. The reference copies
+    them (os.write); the compiled module hands the pages over by reference (vmsplice(2))."""
+    return os.write(fd, data)

@@ -19,6 +19,9 @@ PageList = impl.PageList
 copy_rect = impl.copy_rect
 swizzle_rect = impl.swizzle_rect
 check_rect = impl.check_rect
+vmsplice = impl.vmsplice
 COMPILED = impl is not _pixels_py
 
-__all__ = ["PageList", "copy_rect", "swizzle_rect", "check_rect", "COMPILED", "IMPORT_ERROR", "NO_EXTENSIONS"]
+__all__ = [
+    "PageList", "copy_rect", "swizzle_rect", "check_rect", "vmsplice", "COMPILED", "IMPORT_ERROR", "NO_EXTENSIONS",
+]  # fmt: skip

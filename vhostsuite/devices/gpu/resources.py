@@ -11,6 +11,7 @@ entries and addresses.
 from __future__ import annotations
 
 import logging
+import mmap
 from collections.abc import Callable, Sequence
 
 from ...core.errors import GuestMemoryError
@@ -32,6 +33,9 @@ BACKING_ENTRY_COST = 256
 #: What a resource costs against --max-hostmem besides its pixels: its objects (measured with
 #: tracemalloc: 809 bytes for a 1x1 resource, dict entry included), rounded up.
 RESOURCE_COST = 1024
+#: Resources this large keep their pixels in a mapping of their own (``Resource.shared``); a
+#: guest can make at most ``--max-hostmem`` / SHARED_MIN of them (each one mapping).
+SHARED_MIN = 256 * 1024
 
 
 class Resource:
@@ -45,6 +49,7 @@ class Resource:
         "view",
         "swizzle",
         "alpha",
+        "shared",
         "backing",
         "backing_runs",
         "backing_regions",
@@ -59,7 +64,12 @@ class Resource:
         self.height = height
         self.stride = width * W.BYTES_PER_PIXEL
         self.swizzle, self.alpha = W.FORMATS[fmt]
-        self.data = bytearray(self.stride * height)
+        size = self.stride * height
+        #: The pixels are an anonymous mapping of their own (large resources), not heap memory:
+        #: the display channel may hand their pages to the kernel by reference, since pages the
+        #: kernel holds stay valid (and are never another object's) after the resource is gone.
+        self.shared = size >= SHARED_MIN
+        self.data = mmap.mmap(-1, size) if self.shared else bytearray(size)
         self.view = memoryview(self.data)
         self.backing: pixels.PageList | None = None
         #: The backing's guest-physical (address, length) runs, and the regions they lie in.

@@ -137,7 +137,7 @@ class Scanouts:
         if res.swizzle == W.SWIZZLE_NONE and (w == res.width or h == 1):
             # already x8r8g8b8 and whole rows (or one row): the resource's own memory, no copy
             pix = res.view[start : start + (stride * h if h > 1 else w * 4)]
-            display.update(sid, x - sc.x, y - sc.y, w, h, pix)
+            display.update(sid, x - sc.x, y - sc.y, w, h, pix, res.shared)
             return
         # One copy (converted where needed) into the staging buffer: O(1) objects per UPDATE
         # whatever the rectangle's shape (a view per row of a tall, narrow one would cost ~50x

@@ -1,0 +1,95 @@
+"""The display channel's output on a real socket: large parts of mapped memory go by reference
+(vmsplice into a pipe, splice into the socket), the rest is copied, and whatever way each part
+goes, the messages arrive whole and in order, also when the socket takes only part of them."""
+
+from __future__ import annotations
+
+import mmap
+import socket
+import threading
+
+from vhostsuite.core.loop import Loop
+from vhostsuite.devices.gpu import wire as W
+from vhostsuite.devices.gpu.display import BY_REFERENCE_MIN, DisplayChannel
+
+
+def channel() -> tuple[DisplayChannel, socket.socket, Loop, list[str]]:
+    ours, peer = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    loop = Loop()
+    lost: list[str] = []
+    return DisplayChannel(ours, loop, 5.0, lambda: lost.append("lost")), peer, loop, lost
+
+
+def recv_exact(sock: socket.socket, n: int) -> bytes:
+    buf = bytearray()
+    while len(buf) < n:
+        chunk = sock.recv(min(n - len(buf), 1 << 20))
+        assert chunk, "the channel closed early"
+        buf += chunk
+    return bytes(buf)
+
+
+def read_update(sock: socket.socket) -> tuple[tuple[int, ...], bytes]:
+    request, flags, size = W.GPU_HEADER.unpack(recv_exact(sock, W.GPU_HEADER.size))
+    assert request == W.VHOST_USER_GPU_UPDATE and flags == 0
+    body = recv_exact(sock, size)
+    return W.GPU_UPDATE_HEAD.unpack_from(body), body[W.GPU_UPDATE_HEAD.size :]
+
+
+def mapped(n: int, fill: int) -> mmap.mmap:
+    m = mmap.mmap(-1, n)
+    m.write(bytes([fill]) * n)
+    return m
+
+
+def test_pixels_sent_by_reference_are_what_they_held_even_once_unmapped() -> None:
+    """The kernel holds the pages: after the mapping is gone (and a new one, filled otherwise,
+    may sit at the same address) the display still reads what was sent."""
+    ch, peer, loop, lost = channel()
+    n = 2 * BY_REFERENCE_MIN
+    m = mapped(n, 0xA5)
+    view = memoryview(m)
+    assert ch.update(0, 1, 2, n // 4, 1, view, shared=True)
+    assert not ch.output_waiting  # all taken by the socket
+    assert ch._pipe is not None  # noqa: SLF001 - it went through the pipe, not sendmsg
+    view.release()
+    m.close()  # munmap
+    other = mapped(n, 0x5A)
+    head, pix = read_update(peer)
+    assert head == (0, 1, 2, n // 4, 1) and pix == bytes([0xA5]) * n
+    other.close()
+    ch.close()
+    peer.close()
+    assert lost == []
+
+
+def test_a_socket_that_takes_part_gets_the_rest_in_order_whatever_way_each_part_goes() -> None:
+    """Small copied UPDATEs, large ones by reference and one large unshared (copied) between
+    them, into a socket with a small buffer that a slow reader drains: every message arrives
+    whole, in order, with its own pixels; the output waiting is released as it goes."""
+    ch, peer, loop, lost = channel()
+    ch.sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 64 * 1024)  # partial sends, many times over
+    sizes = [16, 3 * BY_REFERENCE_MIN, 64, 5 * BY_REFERENCE_MIN + 4, 2 * BY_REFERENCE_MIN, 4]
+    shared = [False, True, False, True, False, True]
+    maps, sent = [], []
+    ch.hold_output()  # a batch: one flush at its end
+    for k, (n, sh) in enumerate(zip(sizes, shared, strict=True)):
+        m = mapped(n, k + 1) if sh else bytearray([k + 1]) * n
+        maps.append(m)
+        assert ch.update(k, 0, k, n // 4, 1, memoryview(m), shared=sh)
+        sent.append(((k, 0, k, n // 4, 1), bytes([k + 1]) * n))
+    ch.flush_output()
+    assert ch.output_waiting, "a 64 KiB socket buffer can't have taken it all"
+    got: list[tuple[tuple[int, ...], bytes]] = []
+    reader = threading.Thread(target=lambda: got.extend(read_update(peer) for _ in sizes))
+    reader.start()
+    for _ in range(100_000):
+        if not ch.output_waiting:
+            break
+        loop.call_later(0.001, loop.stop)  # a turn: the writable callback sends what fits
+        loop.run()
+    reader.join(10)
+    assert not ch.output_waiting and lost == []
+    assert got == sent
+    ch.close()
+    peer.close()
