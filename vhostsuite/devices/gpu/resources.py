@@ -137,7 +137,8 @@ class Resources:
             return K.ERR_OUT_OF_MEMORY
         try:
             res = Resource(rid, cmd.format, cmd.width, cmd.height)
-        except MemoryError:
+        except (MemoryError, OSError) as e:  # OSError: mmap's ENOMEM (memory, or vm.max_map_count)
+            guest_log.warn("max-hostmem", "resource %d of %d bytes: the host has no memory for it (%s)", rid, size, e)
             return K.ERR_OUT_OF_MEMORY
         self.by_id[rid] = res
         self.hostmem += size
