@@ -9,6 +9,7 @@ import socket
 import threading
 
 from vhostsuite.core.loop import Loop
+from vhostsuite.devices.gpu import pixels
 from vhostsuite.devices.gpu import wire as W
 from vhostsuite.devices.gpu.display import BY_REFERENCE_MIN, DisplayChannel
 
@@ -51,7 +52,8 @@ def test_pixels_sent_by_reference_are_what_they_held_even_once_unmapped() -> Non
     view = memoryview(m)
     assert ch.update(0, 1, 2, n // 4, 1, view, shared=True)
     assert not ch.output_waiting  # all taken by the socket
-    assert ch._pipe is not None  # noqa: SLF001 - it went through the pipe, not sendmsg
+    if pixels.COMPILED:  # the pure-Python twin copies, so the channel sends it plainly
+        assert ch._pipe is not None  # noqa: SLF001 - it went through the pipe, not sendmsg
     view.release()
     m.close()  # munmap
     other = mapped(n, 0x5A)

@@ -121,3 +121,28 @@ def test_pagelist_release(impl) -> None:  # noqa: ANN001
     pages.release()
     assert pages.total == 0
     buf.extend(b"x")  # no export left
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+def test_vmsplice_puts_the_bytes_into_the_pipe_without_blocking(impl) -> None:  # noqa: ANN001
+    """Both implementations move the view's bytes into the pipe (the compiled one by reference)
+    and say how many; a full pipe is EAGAIN, not a wait."""
+    import mmap
+    import os
+
+    r, w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+    m = mmap.mmap(-1, 1 << 20)
+    m.write(bytes(range(256)) * 4096)
+    try:
+        assert impl.vmsplice(w, memoryview(m)[:1000]) == 1000
+        assert os.read(r, 2000) == bytes(m[:1000])
+        assert impl.vmsplice(w, b"") == 0
+        moved = 0
+        with pytest.raises(BlockingIOError):
+            for _ in range(64):
+                moved += impl.vmsplice(w, memoryview(m))
+        assert 0 < moved <= 1 << 20
+    finally:
+        os.close(r)
+        os.close(w)
+        m.close()
