@@ -103,7 +103,8 @@ MAN_DATE ?= $(shell date -u -d @$${SOURCE_DATE_EPOCH:-$$(git -C $(CURDIR) log -1
 man:
 	mkdir -p build/man
 	for d in $(DEVICES); do \
-	  PYTHONPATH=$(CURDIR) $(PYTHON) -m vhostsuite.program.manpage vhost-user-$$d "$(MAN_DATE)" > build/man/vhost-user-$$d.1; \
+	  PYTHONPATH=$(CURDIR) $(PYTHON) -m vhostsuite.program.manpage vhost-user-$$d "$(MAN_DATE)" "$(datadir)" \
+	    > build/man/vhost-user-$$d.1; \
 	done
 
 # No pip and no network: setuptools builds the package (extensions included) into

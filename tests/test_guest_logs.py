@@ -28,12 +28,12 @@ def test_failing_transfers_log_a_bounded_number_of_lines(spawn) -> None:
             assert {W.CTRL_HDR.unpack_from(r)[0] for r in drv.batch([bad] * 16)} == {BAD}
         refused = _lines(be, "transfer refused")
         assert len(refused) == guestlog.BURST, refused[-3:]
-        assert len(_lines(be, "more 'transfer' warnings are counted")) == 1
+        assert len(_lines(be, "more 'transfer' messages are counted")) == 1
         assert len(be.stderr().splitlines()) < 20, be.stderr()[-2000:]
         # after the interval the next one reports how many were left out
         time.sleep(guestlog.INTERVAL + 0.2)
         assert drv.cmd_type(bad) == BAD
-        (summary,) = _lines(be, "more 'transfer' warnings in")
+        (summary,) = _lines(be, "more 'transfer' messages in")
         assert summary.split(": WARNING: ")[1].startswith(f"{rounds * 16 - guestlog.BURST + 1} more")
         assert "transfer refused" in summary
     assert be.proc.poll() is None

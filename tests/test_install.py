@@ -149,9 +149,23 @@ def test_man_pages_name_every_option_and_render_without_warnings(installed: Path
         for action in importlib.import_module(module).make_parser()._actions:
             for opt in action.option_strings:
                 assert "\\fB" + opt.replace("-", "\\-") + "\\fR" in page, (prog, opt)
+        # FILES names the discovery file where this install put it (datadir)
+        dev = prog.removeprefix("vhost-user-")
+        assert (installed / f"usr/share/qemu/vhost-user/50-vhostsuite-{dev}.json").exists()
+        assert f"/usr/share/qemu/vhost\\-user/50\\-vhostsuite\\-{dev}.json" in page
         if shutil.which("man") is not None:
             argv = ["man", "--warnings", "-l", str(installed / f"usr/share/man/man1/{prog}.1")]
             env = {**os.environ, "MANWIDTH": "80"}
             r = subprocess.run(argv, capture_output=True, text=True, env=env, timeout=60)
             assert r.returncode == 0 and not r.stderr.strip(), r.stderr
             assert prog in r.stdout
+
+
+def test_man_page_names_the_discovery_file_under_the_datadir_given(capsys) -> None:  # noqa: ANN001
+    """make man passes $(datadir): a prefix=/usr/local install documents /usr/local/share."""
+    from vhostsuite.program import manpage
+
+    assert manpage.main(["vhost-user-rng", "2026-01-01", "/usr/local/share"]) == 0
+    page = capsys.readouterr().out
+    assert "/usr/local/share/qemu/vhost\\-user/50\\-vhostsuite\\-rng.json" in page
+    assert "/usr/share/qemu" not in page

@@ -19,7 +19,7 @@ INTERVAL = 5.0
 class GuestLog:
     def __init__(self, log: logging.Logger) -> None:
         self.log = log
-        #: kind -> [warnings so far, left out since the last summary, when that summary was]
+        #: kind -> [messages so far, left out since the last summary, when that summary was]
         self._kinds: dict[str, list] = {}
 
     def warn(self, kind: str, msg: str, *args: object) -> None:
@@ -42,11 +42,11 @@ class GuestLog:
         if state[0] <= BURST:
             self.log.log(level, msg, *args)
             if state[0] == BURST:
-                self.log.log(level, "(more '%s' warnings are counted, one line every %.0f s)", kind, INTERVAL)
+                self.log.log(level, "(more '%s' messages are counted, one line every %.0f s)", kind, INTERVAL)
             return
         state[1] += 1
         if now - state[2] >= INTERVAL:
-            summary = "%d more '%s' warnings in %.0f s; the latest: " + msg
+            summary = "%d more '%s' messages in %.0f s; the latest: " + msg
             self.log.log(level, summary, state[1], kind, now - state[2], *args)
             state[1] = 0
             state[2] = now

@@ -39,7 +39,7 @@ SIGTERM ends the program at once and cleanly (status 0), removing the socket fil
 SIGINT the same with status 130. The program never daemonizes and logs on standard error.
 .SH FILES
 .TP
-.I /usr/share/qemu/vhost\-user/50\-vhostsuite\-{dev}.json
+.I {datadir}/qemu/vhost\-user/50\-vhostsuite\-{dev}.json
 the discovery file by which libvirt finds this back-end (QEMU's vhost-user.json schema)
 .SH SEE ALSO
 .BR qemu\-system\-x86_64 (1),
@@ -65,7 +65,8 @@ def _option(action: argparse.Action) -> str:
     return f".TP\n{names}\n{_esc(action.help or '')}\n"
 
 
-def render(prog: str, parser: argparse.ArgumentParser, date: str = "") -> str:
+def render(prog: str, parser: argparse.ArgumentParser, date: str = "", datadir: str = "/usr/share") -> str:
+    """The page of *prog*; *datadir* is where ``make install`` puts the discovery file."""
     dev = prog.removeprefix("vhost-user-")
     page = [f'.TH {prog.upper().replace("-", chr(92) + "-")} 1 "{date}" "vhostsuite {__version__}" "vhostsuite"\n']
     page.append(f".SH NAME\n{_esc(prog)} \\- vhost\\-user {dev} device back-end\n")
@@ -87,17 +88,18 @@ def render(prog: str, parser: argparse.ArgumentParser, date: str = "") -> str:
     if parser.epilog:
         body = parser.epilog.split("\n", 1)[1] if parser.epilog.startswith("example") else parser.epilog
         page.append(f".SH EXAMPLES\n.nf\n{_esc(body)}\n.fi\n")
-    page.append(_COMMON.replace("{dev}", dev))
+    page.append(_COMMON.replace("{dev}", dev).replace("{datadir}", _esc(datadir)))
     return "".join(page)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
-    if len(args) not in (1, 2) or args[0] not in PROGRAMS:
-        print(f"usage: python3 -m vhostsuite.program.manpage {{{','.join(PROGRAMS)}}} [DATE]", file=sys.stderr)
+    if len(args) not in (1, 2, 3) or args[0] not in PROGRAMS:
+        print(f"usage: python3 -m vhostsuite.program.manpage {{{','.join(PROGRAMS)}}} [DATE [DATADIR]]",
+              file=sys.stderr)  # fmt: skip
         return 2
     parser = importlib.import_module(PROGRAMS[args[0]]).make_parser()
-    sys.stdout.write(render(args[0], parser, args[1] if len(args) > 1 else ""))
+    sys.stdout.write(render(args[0], parser, *args[1:]))
     return 0
 
 

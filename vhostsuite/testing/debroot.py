@@ -147,14 +147,14 @@ def build_deb(out: Path, src: Path = SOURCE) -> tuple[Path, str]:
         lint = _chroot(root, "cd /build && lintian --fail-on error --info --display-level '>=info' *.changes")
         (out / "lintian.txt").write_text(lint.stdout)
         debs = sorted(work.glob("*.deb"))
-        main = [d for d in debs if d.name.startswith("vhostsuite_")]
-        if not main:
+        package = [d for d in debs if d.name.startswith("vhostsuite_")]
+        if not package:
             raise BuildFailed(f"dpkg-buildpackage made no .deb:\n{_tail(res.stdout, 15)}")
         for deb in debs:
             shutil.copy2(deb, out / deb.name)
         if lint.returncode != 0:
             raise BuildFailed(f"lintian reports errors (in {out / 'lintian.txt'}):\n{_tail(lint.stdout, 30)}")
-    return out / main[0].name, lint.stdout
+    return out / package[0].name, lint.stdout
 
 
 def install_root(deb: Path, dest: Path, extra: Sequence[str] = ()) -> None:
