@@ -28,7 +28,6 @@ loop for long:
 
 from __future__ import annotations
 
-import errno
 import logging
 import os
 import select
@@ -121,7 +120,8 @@ class DisplayChannel:
         self._held_bytes = 0
         self._poll: select.poll | None = None
         #: The pipe pages go through (read end, write end), made at the first large part; its
-        #: size; the bytes in it (they go before the output queue); False once splice failed.
+        #: size; the bytes in it (they go before the output queue). (splice(2) into a UNIX
+        #: stream socket, the only kind from_fd accepts, works on every kernel we support.)
         self._pipe: tuple[int, int] | None = None
         self._pipe_size = 0
         self._in_pipe = 0
@@ -310,8 +310,6 @@ class DisplayChannel:
         except (BlockingIOError, InterruptedError):
             return True
         except OSError as e:
-            if self._in_pipe and e.errno == errno.EINVAL and self._unsplice():
-                return self._drain(what)  # this socket takes no splice: the pipe's bytes as a copy
             log.error("display: sending %s failed (%s); closing the display socket", what, e)
             self._lost()
             return False
@@ -346,29 +344,6 @@ class DisplayChannel:
             pass
         self._pipe = (r, w)
         self._pipe_size = fcntl.fcntl(w, fcntl.F_GETPIPE_SZ)
-        return True
-
-    def _unsplice(self) -> bool:
-        """The socket refused splice: take the pipe's bytes back as a plain part at the front and
-        copy from now on. False if they can't be read back."""
-        data = bytearray()
-        try:
-            while len(data) < self._in_pipe:
-                chunk = os.read(self._pipe[0], self._in_pipe - len(data))
-                if not chunk:
-                    return False
-                data += chunk
-        except OSError:
-            return False
-        log.warning("display: the socket takes no splice; copying")
-        self._in_pipe = 0
-        self._out.appendleft(memoryview(data))
-        self._out_bytes += PART_COST
-        for k, p in enumerate(self._out):
-            if type(p) is _Pages:
-                self._out[k] = p.view
-        self._by_reference = False
-        self._close_pipe()
         return True
 
     def _close_pipe(self) -> None:
