@@ -11,6 +11,7 @@ the driver never wait for Python.
 from __future__ import annotations
 
 import ctypes
+import errno
 import os
 import shutil
 import socket
@@ -46,7 +47,6 @@ class _Ring(ctypes.Structure):
         ("event_idx", ctypes.c_int32),
         ("avail_idx", ctypes.c_uint16),
         ("last_used", ctypes.c_uint16),
-        ("kicks", ctypes.c_uint64),
         ("interrupts", ctypes.c_uint64),
     ]
 
@@ -142,8 +142,7 @@ class CRounds:
             q.write_desc(d1, resp_gpa, resp_size, VRING_DESC_F_WRITE)
             self.chains[i] = _Chain(d0, 0, want, self._addr(resp_gpa), resp_size, 0)
         self.ring = _Ring(self._addr(q.desc_gpa), self._addr(q.avail_gpa), self._addr(q.used_gpa), q.num,
-                          q.kick_fd, q.call_fd, int(q.event_idx), 0, 0, 0, 0)  # fmt: skip
-        self.display_handle = None
+                          q.kick_fd, q.call_fd, int(q.event_idx), 0, 0, 0)  # fmt: skip
 
     def _addr(self, gpa: int) -> int:
         pin = ctypes.c_char.from_buffer(self.q.ram.mm, gpa - self.q.ram.gpa_base)
@@ -164,7 +163,7 @@ class CRounds:
         if q.event_idx:
             q.set_used_event(q.last_used)
         if rc:
-            where = f" (round {bad.value >> 16}, chain {bad.value & 0xFFFF})" if rc == -71 else ""
+            where = f" (round {bad.value >> 16}, chain {bad.value & 0xFFFF})" if rc == -errno.EPROTO else ""
             raise RuntimeError(f"C front-end: {os.strerror(-rc)}{where}")
 
     def close(self) -> None:
