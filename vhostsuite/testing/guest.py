@@ -300,9 +300,13 @@ def tree_program(root: Path, path: str) -> list[str]:
     ]
 
 
+def _qemu_tree_root() -> Path:
+    return cache_dir() / f"qemu-{DEBIAN_SUITE}"
+
+
 def provisioned_qemu_tree() -> Path | None:
     """The debootstrapped QEMU tree if :func:`provision_qemu` has made it (nothing is built here)."""
-    root = cache_dir() / f"qemu-{DEBIAN_SUITE}"
+    root = _qemu_tree_root()
     return root if (root / _COMPLETE).exists() else None
 
 
@@ -389,7 +393,7 @@ def provision_qemu() -> Qemu:
         version, _ = _probe_qemu([host], {})
         if version is not None and version >= MIN_QEMU_VERSION:
             return Qemu(argv=[host], env={}, version=version)
-    root = cache_dir() / f"qemu-{DEBIAN_SUITE}"
+    root = _qemu_tree_root()
     if not (root / _COMPLETE).exists():
         with _locked(root.name):
             if not (root / _COMPLETE).exists():

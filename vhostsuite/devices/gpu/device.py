@@ -53,9 +53,6 @@ SYNC_WAIT = 0.001
 _decode_control = K.decode_control
 _encode = K.encode
 _Reply = K.Reply
-_OK_NODATA = K.OK_NODATA
-_NODATA_BYTES = K.encode(K.NO_HEADER, K.OK_NODATA)
-_FENCE = W.VIRTIO_GPU_FLAG_FENCE
 
 
 class GpuDevice(Device):
@@ -168,10 +165,7 @@ class GpuDevice(Device):
         hdr, cmd = _decode_control(chain)
         handler = self._dispatch.get(cmd.__class__)
         if handler is not None:
-            reply = handler(cmd)
-            if reply is _OK_NODATA and not hdr[1] & _FENCE:  # the most common answer, made once
-                return _NODATA_BYTES
-            return _encode(hdr, reply)
+            return _encode(hdr, handler(cmd))
         if cmd.__class__ is _Reply:  # what could not be decoded
             return _encode(hdr, cmd)
         reply = self._asking[cmd.__class__](cmd, hdr, chain)

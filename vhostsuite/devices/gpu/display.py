@@ -10,20 +10,21 @@ loop for long:
   payload, or None on timeout or hang-up (the caller then answers with a default). A request
   that can't be answered (closed, or the peer is unresponsive) says so at once by returning
   False, and its callback is never called: a callback never runs inside the call that asked;
-* sends never block: what the socket does not take at once is copied into an output queue
-  and sent when the socket is writable, in order. Between :meth:`DisplayChannel.hold_output`
-  and :meth:`~DisplayChannel.flush_output` (a batch of control commands) messages are gathered
-  and go in one ``sendmsg``: sixteen UPDATEs cost one system call, not sixteen;
+* sends never block: what the socket does not take at once waits in an output queue
+  and goes when the socket is writable, in order. A display that takes nothing for the
+  display timeout while output waits, or falls more than :data:`MAX_QUEUED` bytes behind,
+  is dropped (logged): the channel is closed (QEMU makes a new one at the next DRIVER_OK)
+  and the device keeps serving the guest;
+* between :meth:`DisplayChannel.hold_output` and :meth:`~DisplayChannel.flush_output` (a batch
+  of control commands) messages are gathered and go in one ``sendmsg``: sixteen UPDATEs cost
+  one system call, not sixteen;
 * a large part that lies in memory that stays mapped (a resource's pixels: see
   :attr:`~.resources.Resource.shared`) goes to the kernel by reference, vmsplice(2) into a pipe
   and splice(2) into the socket, instead of being copied into it: a 1080p frame costs the
   back-end ~0.2 ms of system time instead of ~0.9 ms;
 * :meth:`DisplayChannel.wait` lets a caller wait, for a bounded short time, for a reply that
   a responsive display sends within microseconds (QEMU answers GET_DISPLAY_INFO at once),
-  instead of going back to the loop and sleeping twice. A display that takes nothing for the
-  display timeout while output waits, or falls more than :data:`MAX_QUEUED` bytes behind,
-  is dropped (logged): the channel is closed (QEMU makes a new one at the next DRIVER_OK)
-  and the device keeps serving the guest.
+  instead of going back to the loop and sleeping twice.
 """
 
 from __future__ import annotations
@@ -189,7 +190,7 @@ class DisplayChannel:
             held.append(head)
             held.append(part)
             self._held_bytes += _UPDATE_HEAD_SIZE + n + 2 * PART_COST
-            return self._out_bytes + self._held_bytes <= MAX_QUEUED or self._check_queued()
+            return self._check_queued()
         return self._send_views([head, part], "UPDATE")
 
     def cursor_pos(self, scanout_id: int, x: int, y: int, visible: bool = True) -> bool:
@@ -282,6 +283,8 @@ class DisplayChannel:
             while True:
                 if self._in_pipe:
                     n = os.splice(self._pipe[0], self.sock.fileno(), self._in_pipe, flags=_SPLICE_FLAGS)
+                    if not n:  # nothing moved: wait for the socket rather than spin
+                        return True
                     self._in_pipe -= n
                     self._out_bytes -= n
                     continue
@@ -323,6 +326,8 @@ class DisplayChannel:
         if room <= 0:
             raise BlockingIOError  # the socket must take the pipe's bytes first
         n = pixels.vmsplice(self._pipe[1], part.view[:room])
+        if not n:
+            raise BlockingIOError  # nothing moved: try again when the socket is writable
         self._in_pipe += n
         part.view = part.view[n:]
         if not part.view:

@@ -1,8 +1,8 @@
 """Scanouts: which resource rectangle each of the 16 outputs shows, and what goes to the display.
 
 A flush sends the resource's own rows when they are whole (or just one) and already x8r8g8b8
-(B8G8R8A8/X8): no copy. Otherwise it copies the flushed rectangle once, converted to x8r8g8b8, into a staging
-buffer: O(1) objects per UPDATE whatever the rectangle's shape. The staging buffer is at most
+(B8G8R8A8/X8): no copy. Otherwise it copies the flushed rectangle once, converted to x8r8g8b8,
+into a staging buffer: O(1) objects per UPDATE whatever the rectangle's shape. The staging buffer is at most
 :func:`staging_limit` bytes, reserved in ``--max-hostmem``; a larger rectangle goes as several
 UPDATEs of whole-row bands (or row pieces, for rows longer than the limit).
 SCANOUT goes to a display before its first UPDATE, and again to every new display.

@@ -171,7 +171,7 @@ GPU_CURSOR_UPDATE_SIZE = GPU_CURSOR_UPDATE_HEAD.size + CURSOR_SIZE * CURSOR_SIZE
 GPU_SCANOUT = struct.Struct("=III")  # scanout_id, width, height
 GPU_UPDATE_HEAD = struct.Struct("=IIIII")  # scanout_id, x, y, width, height; then x8r8g8b8 data
 #: GPU_HEADER and GPU_UPDATE_HEAD in one pack: the message head of every UPDATE.
-GPU_UPDATE_MSG_HEAD = struct.Struct("=III" + "IIIII")
+GPU_UPDATE_MSG_HEAD = struct.Struct(GPU_HEADER.format + GPU_UPDATE_HEAD.format.lstrip("="))
 GPU_EDID_REQUEST = struct.Struct("=I")  # scanout_id
 
 #: QEMU's display defaults (virtio-gpu-base ``xres``/``yres``), used when it can't be asked.
