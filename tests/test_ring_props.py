@@ -303,3 +303,50 @@ def test_same_batches(data: st.DataObject) -> None:
     assert [summary(c) for c in bp[1]] == [summary(c) for c in one_by_one]
     assert vc.last_avail_idx == vp.last_avail_idx == vr.last_avail_idx
     assert g2.snapshot() == gp.snapshot() == g3.snapshot()
+
+
+@SETTINGS
+@given(st.data())
+def test_same_serve(data: st.DataObject) -> None:
+    """serve on random and hostile rings: both twins hand the handler the same chains, write
+    and push the same answers, stop at the same one (a kept chain, a pause) and raise the same
+    RingError; guest memory ends the same."""
+    gp, kwargs = build(data)
+    g2 = gp.clone()
+    vp = construct(ring.VirtqueuePy, gp, kwargs)
+    vc = construct(_ring.Virtqueue, g2, kwargs)
+    keep = object()
+    pause_at = data.draw(st.integers(0, gp.num + 2))
+
+    def handler_for(vq):  # noqa: ANN001, ANN202
+        seen: list[tuple] = []
+
+        def handler(chain):  # noqa: ANN001, ANN202
+            seen.append(summary(chain))
+            if len(seen) == pause_at:
+                vq.paused = True
+            kind = chain.head % 4
+            if kind == 0:
+                return chain.read(64)[::-1]  # bytes: written at the start of the writable part
+            if kind == 1:
+                chain.write(b"by hand", 1)
+                return None
+            if kind == 2:
+                return bytearray(b"x" * (chain.head % 7))
+            return keep  # not bytes-like: handed back unpushed
+
+        return handler, seen
+
+    hp, seen_p = handler_for(vp)
+    hc, seen_c = handler_for(vc)
+    max_chains = data.draw(st.integers(1, gp.num + 2))
+    max_bytes = data.draw(st.integers(0, 1 << 12))
+    rp, rc = outcome(vp.serve, hp, max_chains, max_bytes), outcome(vc.serve, hc, max_chains, max_bytes)
+    assert seen_c == seen_p
+    if rp[0] == "ok" and rc[0] == "ok":
+        (np_, pp, cp, ap), (nc, pc, cc, ac) = rp[1], rc[1]
+        assert (nc, pc, summary(cc), ac is keep) == (np_, pp, summary(cp), ap is keep)
+    else:
+        assert rc == rp
+    assert (vc.used_idx, vc.last_avail_idx) == (vp.used_idx, vp.last_avail_idx)
+    assert g2.snapshot() == gp.snapshot()
