@@ -22,6 +22,12 @@ class Owner:
         self.broken: list[str] = []
         self.stopped: list[int] = []
         self.device = self
+        #: What the device does when a queue is about to stop (Device.queue_stopping).
+        self.on_stopping = None
+
+    def queue_stopping(self, index: int) -> None:
+        if self.on_stopping is not None:
+            self.on_stopping(index)
 
     def queue_stopped(self, index: int) -> None:
         self.stopped.append(index)
@@ -62,6 +68,24 @@ def test_serial_queue_waits_behind_a_pending_chain_and_rewinds_at_a_stop() -> No
     r.run()  # the rest, behind it
     assert seen == [heads[0], heads[1], heads[2]]
     assert [g.used_elem(i)[0] for i in range(3)] == heads and owner.broken == []
+
+
+def test_a_device_completes_what_must_not_run_again_when_the_queue_stops() -> None:
+    """A GPU's fenced 3D command already ran before it went pending: at a stop the device
+    answers it (queue_stopping) instead of letting it be popped and run again; the base
+    counts it, the driver is notified, and what is still pending is rewound as before."""
+    g, owner, r = make(lambda chain: PENDING, serial=False)
+    heads = [g.add_chain([b"c"], [8]).head for _ in range(3)]
+    notified = []
+    r.call_fd = 99
+    r.notify = lambda: notified.append(len(r.inflight))  # type: ignore[method-assign]
+    r.run()
+    assert len(r.inflight) == 3
+    owner.on_stopping = lambda index: r.complete(r.inflight[0], b"done")
+    assert r.stop() == 1, "the base is past the answered chain, before the two still pending"
+    assert g.used_idx() == 1 and g.used_elem(0)[0] == heads[0]
+    assert notified == [2], "the driver hears of it before the ring goes"
+    assert owner.stopped == [0] and owner.broken == []
 
 
 def test_a_completion_for_a_stopped_ring_is_ignored() -> None:

@@ -28,7 +28,8 @@ popped again and answered then, exactly once. That takes two rules, which the co
 
 A completion that comes for a chain the core no longer holds (its ring stopped or reset) is
 ignored. Pending handlers therefore must not have done anything the guest can observe before
-they complete.
+they complete, unless the device completes them when the queue stops
+(:meth:`Device.queue_stopping`: a GPU's fenced 3D commands, which ran before their fence).
 """
 
 from __future__ import annotations
@@ -149,6 +150,11 @@ class Device:
     def memory_removed(self, regions: Sequence[Region]) -> None:
         """The front-end removed *regions* (REM_MEM_REG, a new SET_MEM_TABLE without them):
         drop every reference kept into them; ``ctx.mem`` is the memory that remains."""
+
+    def queue_stopping(self, index: int) -> None:
+        """Queue *index* is about to stop with chains in flight (GET_VRING_BASE, new memory or
+        features): complete now, with ``ctx.complete``, those that must not run again; what is
+        still in flight afterwards is rewound and popped again later."""
 
     def queue_stopped(self, index: int) -> None:
         """Queue *index* stopped (GET_VRING_BASE, reset, broken): the core dropped its in-flight

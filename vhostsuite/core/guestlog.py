@@ -22,6 +22,10 @@ class GuestLog:
         #: kind -> [messages so far, left out since the last summary, when that summary was]
         self._kinds: dict[str, list] = {}
 
+    def info(self, kind: str, msg: str, *args: object) -> None:
+        """Like :meth:`warn`, at INFO level (shown with ``-v``)."""
+        self._emit(logging.INFO, kind, msg, args)
+
     def warn(self, kind: str, msg: str, *args: object) -> None:
         """Log *msg* % *args* unless this *kind* already had its share."""
         self._emit(logging.WARNING, kind, msg, args)

@@ -128,7 +128,13 @@ class Vring:
         """Drop the ring (stop, new memory or features): the base no longer counts the chains in
         flight, so they are popped again from the next ring; the device forgets them."""
         if self.vq is not None:
-            self.base = (self.vq.last_avail_idx - len(self.inflight)) & 0xFFFF
+            if self.inflight:
+                before = len(self.inflight)
+                self.owner.device.queue_stopping(self.index)
+                if len(self.inflight) < before and self.vq is not None:
+                    self.notify()  # now: the ring goes before a scheduled notify would run
+            if self.vq is not None:
+                self.base = (self.vq.last_avail_idx - len(self.inflight)) & 0xFFFF
             self._drop_ring()
         self._forget_inflight()
 
