@@ -1,5 +1,6 @@
-"""Builds the compiled twins vhostsuite.core._ring and vhostsuite.devices.gpu._pixels; all metadata
-is in setup.cfg.
+"""Builds the compiled twins vhostsuite.core._ring and vhostsuite.devices.gpu._pixels, and the
+binding vhostsuite.devices.gpu._virgl when pkg-config finds virglrenderer (Debian:
+libvirglrenderer-dev; without it vhost-user-gpu is 2D only); all metadata is in setup.cfg.
 
 VHOSTSUITE_NO_EXTENSIONS=1 builds none: the package then runs its pure-Python twins (the same
 switch vhostsuite reads at run time). VHOSTSUITE_CYTHON_DEBUG=1 builds them with Cython's own
@@ -8,6 +9,7 @@ checks on (bounds, wraparound, initialized), line tracing and an annotated HTML 
 """
 
 import os
+import subprocess
 
 from setuptools import Extension, setup
 
@@ -27,6 +29,11 @@ def extensions() -> list[Extension]:
         Extension(name, [name.replace(".", "/") + ".pyx"], define_macros=macros)
         for name in ("vhostsuite.core._ring", "vhostsuite.devices.gpu._pixels")
     ]
+    virgl = _pkg_config("virglrenderer")
+    if virgl is not None:
+        cflags, libs = virgl
+        exts.append(Extension("vhostsuite.devices.gpu._virgl", ["vhostsuite/devices/gpu/_virgl.pyx"],
+                              define_macros=macros, extra_compile_args=cflags, extra_link_args=libs))
     # cythonize looks at timestamps only: regenerate the C when the build mode changed.
     mode = "debug" if debug else "release"
     stamp = os.path.join("build", "cython-mode")
@@ -39,6 +46,18 @@ def extensions() -> list[Extension]:
     with open(stamp, "w") as f:
         f.write(mode)
     return cythonize(exts, compiler_directives=directives, annotate=debug, force=changed)
+
+
+def _pkg_config(package: str) -> tuple[list[str], list[str]] | None:
+    """(cflags, libs) of *package*, or None when pkg-config or the package is missing."""
+    try:
+        cflags, libs = (
+            subprocess.run(["pkg-config", flag, package], capture_output=True, text=True, check=True).stdout.split()
+            for flag in ("--cflags", "--libs")
+        )
+    except (OSError, subprocess.CalledProcessError):
+        return None
+    return cflags, libs
 
 
 setup(ext_modules=extensions())
