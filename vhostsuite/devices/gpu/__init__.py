@@ -1,6 +1,7 @@
-"""vhost-user-gpu: a 2D virtio-gpu (device id 16) whose display reaches QEMU over the
-vhost-user-gpu protocol. Resources and format conversion in Python/cairo, guest-page copies
-in Cython (:mod:`vhostsuite.devices.gpu.pixels`).
+"""vhost-user-gpu: a virtio-gpu (device id 16) whose display reaches QEMU over the
+vhost-user-gpu protocol: 2D, and 3D with ``--virgl`` (virglrenderer, :mod:`.virgl`).
+Resources and format conversion in Python/cairo, guest-page copies in Cython
+(:mod:`vhostsuite.devices.gpu.pixels`).
 
 This module stays light: ``--print-capabilities`` must not import cairo. The device itself
 (:mod:`.device`) is imported only when serving.
@@ -24,8 +25,56 @@ DEFAULT_DISPLAY_TIMEOUT = 5.0
 
 
 def capabilities() -> tuple[str, list[str]]:
-    """Only what works: this back-end is 2D, so neither "virgl" nor "render-node"."""
-    return "gpu", []
+    """Only what works here: "virgl" when the renderer initialises (tried in a child process),
+    "render-node" when, besides, a render node can be opened (libvirt fails a domain that
+    asks for one on a host without)."""
+    features = []
+    if renderer_works():
+        features.append("virgl")
+        if render_node() is not None:
+            features.append("render-node")
+    return "gpu", features
+
+
+def renderer_works(render_node: str | None = None) -> bool:
+    """Whether ``--virgl`` would start here: the renderer is initialised in a child process, so
+    that this one keeps no renderer, EGL threads or GL state, and imports nothing for it."""
+    pid = os.fork()
+    if pid == 0:  # the child: its exit status is the answer
+        ok = False
+        try:
+            import signal
+
+            signal.alarm(10)  # a hung driver ends the probe, not the caller
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, 1)  # the caller's output is its own
+            os.dup2(devnull, 2)
+            from .virgl import available, init_renderer
+
+            if available() is None:
+                init_renderer(render_node)
+                ok = True
+        except BaseException:  # noqa: BLE001 - any failure is a "no"
+            pass
+        finally:
+            os._exit(0 if ok else 1)
+    _, status = os.waitpid(pid, 0)
+    return os.waitstatus_to_exitcode(status) == 0
+
+
+def render_node() -> str | None:
+    """The first DRM render node this process can open, or None."""
+    try:
+        names = sorted(n for n in os.listdir("/dev/dri") if n.startswith("renderD"))
+    except OSError:
+        return None
+    for path in (f"/dev/dri/{n}" for n in names):
+        try:
+            os.close(os.open(path, os.O_RDWR | os.O_CLOEXEC))
+        except OSError:
+            continue
+        return path
+    return None
 
 
 def parse_size(text: str) -> int:
@@ -56,18 +105,19 @@ def positive_float(text: str) -> float:
 def make_parser() -> argparse.ArgumentParser:
     parser = cli.make_parser(
         "vhost-user-gpu",
-        "vhost-user back-end for a 2D virtio-gpu; the display goes to QEMU over the vhost-user-gpu protocol.",
+        "vhost-user back-end for a virtio-gpu (2D; 3D with --virgl); the display goes to QEMU over the "
+        "vhost-user-gpu protocol.",
         epilog="example:\n  vhost-user-gpu --socket-path=/tmp/gpu.sock &\n"
         "  qemu-system-x86_64 -object memory-backend-memfd,id=mem,size=1G,share=on \\\n"
         "      -machine memory-backend=mem -vga none \\\n"
         "      -chardev socket,id=gpu0,path=/tmp/gpu.sock -device vhost-user-gpu-pci,chardev=gpu0",
     )
     parser.add_argument(
-        "--virgl", action="store_true", help="3D acceleration with virglrenderer (not supported: fails at start-up)"
+        "--virgl",
+        action="store_true",
+        help="3D for the guest with virglrenderer: on --render-node, else on Mesa's software renderer (no GPU needed)",
     )
-    parser.add_argument(
-        "--render-node", metavar="PATH", help="DRM render node for 3D/dmabuf (not supported: fails at start-up)"
-    )
+    parser.add_argument("--render-node", metavar="PATH", help="the DRM render node 3D runs on (needs --virgl)")
     parser.add_argument(
         "--max-hostmem",
         metavar="SIZE",
@@ -87,15 +137,22 @@ def make_parser() -> argparse.ArgumentParser:
 
 def check_options(args: argparse.Namespace) -> None:
     """Refuse options this back-end can't honour, with a clear message (before any socket exists)."""
-    if args.virgl:
-        raise cli.StartupError("--virgl: 3D (virglrenderer) is not supported; this back-end is 2D only")
     if args.render_node is not None:
         if not os.path.exists(args.render_node):
             raise cli.StartupError(f"--render-node={args.render_node}: no such device")
-        raise cli.StartupError(
-            f"--render-node={args.render_node}: render nodes (dmabuf scanouts, 3D) are not supported; "
-            "this back-end is 2D only"
-        )
+        if not args.virgl:
+            raise cli.StartupError(f"--render-node={args.render_node}: a render node is only used for 3D (--virgl)")
+    if args.virgl:
+        from . import virgl
+
+        why = virgl.available()
+        if why is not None:
+            raise cli.StartupError(f"--virgl: 3D is not available: {why}")
+        try:
+            virgl.init_renderer(args.render_node)
+        except OSError as e:
+            reason = os.strerror(e.errno) if e.errno else "no reason given"
+            raise cli.StartupError(f"--virgl: {e.strerror} ({reason})") from None
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -108,7 +165,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise cli.StartupError("pycairo is not installed (Debian: python3-cairo); the cursor needs it")
         from .device import GpuDevice
 
-        return GpuDevice(max_hostmem=args.max_hostmem, display_timeout=args.display_timeout)
+        return GpuDevice(max_hostmem=args.max_hostmem, display_timeout=args.display_timeout, virgl=args.virgl)
 
     return cli.run("vhost-user-gpu", make_parser, argv, capabilities, make_device, uses_pixels=True)
 

@@ -86,6 +86,58 @@ class UpdateCursor(namedtuple("UpdateCursor", "move scanout_id x y resource_id h
     __slots__ = ()
 
 
+# -- 3D (VIRTIO_GPU_F_VIRGL); decoded only when the device serves 3D -------------------------
+class GetCapsetInfo(namedtuple("GetCapsetInfo", "capset_index padding")):
+    __slots__ = ()
+
+
+class GetCapset(namedtuple("GetCapset", "capset_id capset_version")):
+    __slots__ = ()
+
+
+class CtxCreate(namedtuple("CtxCreate", "nlen context_init debug_name")):
+    __slots__ = ()
+
+
+class CtxDestroy(namedtuple("CtxDestroy", "")):
+    __slots__ = ()
+
+
+class CtxAttachResource(namedtuple("CtxAttachResource", "resource_id padding")):
+    __slots__ = ()
+
+
+class CtxDetachResource(namedtuple("CtxDetachResource", "resource_id padding")):
+    __slots__ = ()
+
+
+class ResourceCreate3D(
+    namedtuple(
+        "ResourceCreate3D",
+        "resource_id target format bind width height depth array_size last_level nr_samples flags padding",
+    )
+):
+    __slots__ = ()
+
+
+_TRANSFER_3D = "x y z w h d offset resource_id level stride layer_stride"
+
+
+class TransferToHost3D(namedtuple("TransferToHost3D", _TRANSFER_3D)):
+    __slots__ = ()
+
+
+class TransferFromHost3D(namedtuple("TransferFromHost3D", _TRANSFER_3D)):
+    __slots__ = ()
+
+
+class Submit3D(namedtuple("Submit3D", "data")):
+    """*data*: the command stream, copied out of the chain (the guest can't change it under
+    the renderer)."""
+
+    __slots__ = ()
+
+
 class Unsupported(namedtuple("Unsupported", "type")):
     """A command type this device does not implement (3D, blob, UUID ...)."""
 
@@ -103,6 +155,16 @@ Command = (
     | AttachBacking
     | DetachBacking
     | UpdateCursor
+    | GetCapsetInfo
+    | GetCapset
+    | CtxCreate
+    | CtxDestroy
+    | CtxAttachResource
+    | CtxDetachResource
+    | ResourceCreate3D
+    | TransferToHost3D
+    | TransferFromHost3D
+    | Submit3D
     | Unsupported
 )
 
@@ -113,6 +175,7 @@ ERR_OUT_OF_MEMORY = Reply(W.VIRTIO_GPU_RESP_ERR_OUT_OF_MEMORY)
 ERR_INVALID_SCANOUT_ID = Reply(W.VIRTIO_GPU_RESP_ERR_INVALID_SCANOUT_ID)
 ERR_INVALID_RESOURCE_ID = Reply(W.VIRTIO_GPU_RESP_ERR_INVALID_RESOURCE_ID)
 ERR_INVALID_PARAMETER = Reply(W.VIRTIO_GPU_RESP_ERR_INVALID_PARAMETER)
+ERR_INVALID_CONTEXT_ID = Reply(W.VIRTIO_GPU_RESP_ERR_INVALID_CONTEXT_ID)
 
 #: A header for what can't be decoded (no fence to echo).
 NO_HEADER: Header = (0, 0, 0, 0, 0)
@@ -140,6 +203,48 @@ _CONTROL: dict[int, tuple[int, object, type]] = {
     )
 }
 _ATTACH_SIZE = W.COMMAND_SIZES[W.VIRTIO_GPU_CMD_RESOURCE_ATTACH_BACKING]
+
+#: The 3D commands, decoded like the 2D ones (SUBMIT_3D reads its stream after the body).
+CONTROL_3D: dict[int, tuple[int, object, type]] = {
+    ctype: (W.COMMAND_SIZES[ctype], layout.unpack_from, cls)
+    for ctype, layout, cls in (
+        (W.VIRTIO_GPU_CMD_GET_CAPSET_INFO, W.GET_CAPSET_INFO, GetCapsetInfo),
+        (W.VIRTIO_GPU_CMD_GET_CAPSET, W.GET_CAPSET, GetCapset),
+        (W.VIRTIO_GPU_CMD_CTX_CREATE, W.CTX_CREATE, CtxCreate),
+        (W.VIRTIO_GPU_CMD_CTX_DESTROY, W.CTX_DESTROY, CtxDestroy),
+        (W.VIRTIO_GPU_CMD_CTX_ATTACH_RESOURCE, W.CTX_RESOURCE, CtxAttachResource),
+        (W.VIRTIO_GPU_CMD_CTX_DETACH_RESOURCE, W.CTX_RESOURCE, CtxDetachResource),
+        (W.VIRTIO_GPU_CMD_RESOURCE_CREATE_3D, W.RESOURCE_CREATE_3D, ResourceCreate3D),
+        (W.VIRTIO_GPU_CMD_TRANSFER_TO_HOST_3D, W.TRANSFER_HOST_3D, TransferToHost3D),
+        (W.VIRTIO_GPU_CMD_TRANSFER_FROM_HOST_3D, W.TRANSFER_HOST_3D, TransferFromHost3D),
+    )
+}
+_SUBMIT_SIZE = W.COMMAND_SIZES[W.VIRTIO_GPU_CMD_SUBMIT_3D]
+
+
+def decode_3d(hdr: Header, chain: Chain) -> Command | Reply:
+    """The 3D command of *chain* (whose header is *hdr*), or the error Reply it gets; an
+    Unsupported for a type that is not a 3D command."""
+    ctype = hdr[HDR_TYPE]
+    entry = CONTROL_3D.get(ctype)
+    if entry is not None:
+        size, unpack, cls = entry
+        raw = chain.read(size)
+        if len(raw) < size:
+            return ERR_INVALID_PARAMETER
+        return _new(cls, unpack(raw, _HDR))
+    if ctype == W.VIRTIO_GPU_CMD_SUBMIT_3D:
+        raw = chain.read(_SUBMIT_SIZE)
+        if len(raw) < _SUBMIT_SIZE:
+            return ERR_INVALID_PARAMETER
+        size, _ = W.CMD_SUBMIT.unpack_from(raw, _HDR)
+        if size > W.MAX_SUBMIT:
+            return ERR_INVALID_PARAMETER
+        data = chain.read(size, _SUBMIT_SIZE)
+        if len(data) < size:
+            return ERR_INVALID_PARAMETER
+        return Submit3D(data)
+    return Unsupported(ctype)
 
 
 def decode_control(chain: Chain) -> tuple[Header, Command | Reply]:

@@ -33,6 +33,9 @@ def update_cursor(cmd: K.UpdateCursor, resources: Resources, display: DisplayCha
     if res is None:
         guest_log.warn("cursor resource", "cursor update with unknown resource %d ignored", cmd.resource_id)
         return
+    if res.three_d and res.show(resources, 0, 0, min(res.width, W.CURSOR_SIZE), min(res.height, W.CURSOR_SIZE)):
+        guest_log.warn("cursor resource", "cursor update with 3D resource %d that can't be shown ignored", res.id)
+        return
     if display is not None:
         display.cursor_update(sid, cmd.x, cmd.y, cmd.hot_x, cmd.hot_y, cursor_image(res))
 

@@ -36,8 +36,10 @@ from .scanouts import Scanouts
 #: typing.TYPE_CHECKING without importing typing (every start pays for it otherwise).
 TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from ...core.device import DeviceContext
     from ...core.memory import Region
     from ...core.ring import Chain
+    from .virgl import Virgl
 
 log = logging.getLogger("vhostsuite.gpu")
 
@@ -61,7 +63,10 @@ class GpuDevice(Device):
     max_queue_size = 1024
     device_features = bit(W.VIRTIO_GPU_F_EDID)
 
-    def __init__(self, max_hostmem: int = DEFAULT_MAX_HOSTMEM, display_timeout: float = DEFAULT_DISPLAY_TIMEOUT):
+    def __init__(self, max_hostmem: int = DEFAULT_MAX_HOSTMEM, display_timeout: float = DEFAULT_DISPLAY_TIMEOUT,
+                 virgl: bool = False):  # fmt: skip
+        """*virgl*: serve 3D (VIRTIO_GPU_F_VIRGL) on the process's renderer, which
+        :func:`.virgl.init_renderer` has initialised."""
         super().__init__()
         self.display_timeout = display_timeout
         self.resources = Resources(max_hostmem, on_destroy=self._resource_destroyed)
@@ -92,17 +97,34 @@ class GpuDevice(Device):
             K.ResourceFlush: self.scanouts.flush,
             K.Unsupported: self._unsupported,
         }
-        #: The commands that ask the display: handler(command, header, chain) -> Reply or PENDING
-        #: (they complete the chain later).
+        #: The commands that need their header and chain: those that ask the display, and the
+        #: 3D ones; handler(command, header, chain) -> Reply, PENDING (they complete the chain
+        #: later) or the response bytes.
         self._asking: dict[type, Callable[..., K.Reply | Response]] = {
             K.GetDisplayInfo: self._get_display_info,
             K.GetEdid: self._get_edid,
         }
+        #: The 3D part (None: a 2D device, where 3D commands get ERR_UNSPEC).
+        self.virgl: Virgl | None = None
+        if virgl:
+            from .virgl import Virgl
+
+            self.virgl = Virgl(self.resources)
+            self.device_features = GpuDevice.device_features | bit(W.VIRTIO_GPU_F_VIRGL)
+            del self._dispatch[K.Unsupported]
+            self._asking[K.Unsupported] = self.virgl.command
+            self.resources.transfer_3d = self.virgl.transfer_to_host_2d
+
+    def attach(self, ctx: DeviceContext) -> None:
+        super().attach(ctx)
+        if self.virgl is not None:
+            self.virgl.attach(ctx.loop, lambda chain, response: ctx.complete(CONTROL_QUEUE, chain, response))
 
     # -- config space ---------------------------------------------------------------------
     def get_config(self, offset: int, size: int) -> bytes:
-        # QEMU overrides events_*/num_scanouts with its own; num_capsets = 0 (no virgl).
-        data = W.CONFIG.pack(self.events_read, 0, 1, 0)
+        # QEMU overrides events_*/num_scanouts with its own; num_capsets is ours (0 in 2D).
+        capsets = len(self.virgl.capsets) if self.virgl is not None else 0
+        data = W.CONFIG.pack(self.events_read, 0, 1, capsets)
         if offset < 0 or size < 0 or offset + size > len(data):
             raise ValueError(f"config read of {size} bytes at {offset} is outside the {len(data)}-byte config")
         return data[offset : offset + size]
@@ -168,8 +190,9 @@ class GpuDevice(Device):
             return _encode(hdr, handler(cmd))
         if cmd.__class__ is _Reply:  # what could not be decoded
             return _encode(hdr, cmd)
+        # a Reply to encode, or what the core takes (PENDING, or bytes the 3D path encoded)
         reply = self._asking[cmd.__class__](cmd, hdr, chain)
-        return reply if reply is PENDING else _encode(hdr, reply)
+        return _encode(hdr, reply) if reply.__class__ is _Reply else reply
 
     def _cursor(self, chain: Chain) -> None:
         if not self._in_batch:
@@ -185,6 +208,14 @@ class GpuDevice(Device):
     def _unsupported(self, cmd: K.Unsupported) -> K.Reply:
         log.debug("unsupported command %s", W.ctrl_type_name(cmd.type))
         return K.ERR_UNSPEC
+
+    def queue_stopping(self, index: int) -> None:
+        if index == CONTROL_QUEUE and self.virgl is not None:
+            self.virgl.drain()  # fenced 3D commands already ran: answer them, don't run them again
+
+    def queue_stopped(self, index: int) -> None:
+        if index == CONTROL_QUEUE and self.virgl is not None:
+            self.virgl.forget()
 
     def memory_removed(self, regions: Sequence[Region]) -> None:
         self.resources.memory_removed(regions, self.ctx.mem)
@@ -274,11 +305,15 @@ class GpuDevice(Device):
     def reset(self) -> None:
         self._batch_end()
         self.resources.clear()
+        if self.virgl is not None:
+            self.virgl.reset()
         self.scanouts.reset()
         self.events_read = 0
 
     def close(self) -> None:
         self.reset()
+        if self.virgl is not None:
+            self.virgl.close()
         if self.display is not None:
             self.display.close()
             self._use_display(None)

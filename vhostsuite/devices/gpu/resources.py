@@ -42,6 +42,11 @@ _PRIVATE = mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS
 
 
 class Resource:
+    """A 2D resource: its pixels here, its backing pages in guest memory."""
+
+    #: A 3D resource (:class:`.virgl.Resource3D`): the renderer holds its contents.
+    three_d = False
+
     __slots__ = (
         "id",
         "format",
@@ -106,6 +111,9 @@ class Resource:
         self.backing_regions = frozenset()
         self.backing_cost = 0
 
+    def close(self) -> None:
+        """The resource is gone: release what it holds besides its pixels (nothing, in 2D)."""
+
     def map_backing(self, runs: list[tuple[int, int]], mem: GuestMemory) -> None:
         """Point the backing at *runs* of *mem*; GuestMemoryError if one is not mapped."""
         pieces = [piece for addr, length in runs for piece in mem.gpa_pieces(addr, length)]
@@ -128,9 +136,23 @@ class Resources:
         self.by_id: dict[int, Resource] = {}
         #: Called before a resource goes (its scanouts are disabled there).
         self._on_destroy = on_destroy
+        #: TRANSFER_TO_HOST_2D of a 3D resource (set when the device serves 3D).
+        self.transfer_3d: Callable[[K.TransferToHost2D, Resource], K.Reply] | None = None
 
-    def _fits(self, size: int) -> bool:
+    def fits(self, size: int) -> bool:
         return self.hostmem + self.reserved + size <= self.max_hostmem
+
+    def charge(self, size: int) -> bool:
+        """Charge *size* bytes (negative: give them back); False, and nothing charged, if over the cap."""
+        if size > 0 and not self.fits(size):
+            return False
+        self.hostmem += size
+        return True
+
+    def add(self, res: Resource) -> None:
+        """A resource made elsewhere (3D), charged what it costs (checked with :meth:`fits`)."""
+        self.by_id[res.id] = res
+        self.hostmem += res.size
 
     def get(self, rid: int) -> Resource | None:
         return self.by_id.get(rid)
@@ -142,7 +164,7 @@ class Resources:
         if cmd.format not in W.FORMATS or cmd.width == 0 or cmd.height == 0:
             return K.ERR_INVALID_PARAMETER
         size = cmd.width * cmd.height * W.BYTES_PER_PIXEL + RESOURCE_COST
-        if not self._fits(size):
+        if not self.fits(size):
             guest_log.warn("max-hostmem", "resource %d of %d bytes: over --max-hostmem (%d of %d in use)", rid, size,
                            self.hostmem + self.reserved, self.max_hostmem)
             return K.ERR_OUT_OF_MEMORY
@@ -166,6 +188,7 @@ class Resources:
         self._on_destroy(res)
         self.hostmem -= res.size + res.backing_cost
         res.drop_backing()
+        res.close()
         del self.by_id[res.id]
 
     def clear(self) -> None:
@@ -181,7 +204,7 @@ class Resources:
         if res.backing is not None or mem is None:
             return K.ERR_UNSPEC
         cost = len(cmd.entries) * BACKING_ENTRY_COST
-        if not self._fits(cost):
+        if not self.fits(cost):
             return K.ERR_OUT_OF_MEMORY
         # merge physically contiguous entries: fewer pieces to walk on every transfer
         runs: list[tuple[int, int]] = []
@@ -235,6 +258,8 @@ class Resources:
             return K.ERR_INVALID_RESOURCE_ID
         if not res.contains(x, y, w, h):
             return K.ERR_INVALID_PARAMETER
+        if res.three_d:
+            return self.transfer_3d(cmd, res) if self.transfer_3d is not None else K.ERR_INVALID_RESOURCE_ID
         if w == 0 or h == 0:
             return K.OK_NODATA
         stride = res.stride

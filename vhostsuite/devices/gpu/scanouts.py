@@ -82,6 +82,10 @@ class Scanouts:
         x, y, w, h = cmd.x, cmd.y, cmd.width, cmd.height
         if w == 0 or h == 0 or not res.contains(x, y, w, h):
             return K.ERR_INVALID_PARAMETER
+        if res.three_d:
+            error = res.show(self.resources, x, y, w, h)
+            if error is not None:
+                return error
         old = self.resources.get(self.outputs[sid].resource_id)
         if old is not None:
             old.scanouts.discard(sid)
@@ -101,6 +105,8 @@ class Scanouts:
             return K.ERR_INVALID_PARAMETER
         shown = res.scanouts
         if shown and self.display is not None:
+            if res.three_d:
+                res.show(self.resources, x, y, w, h)
             for sid in shown if len(shown) == 1 else sorted(shown):
                 sc = self.outputs[sid]
                 x0, y0 = max(x, sc.x), max(y, sc.y)
@@ -114,6 +120,8 @@ class Scanouts:
         for sid, sc in enumerate(self.outputs):
             res = self.resources.get(sc.resource_id) if sc.resource_id else None
             if res is not None and sc.announced is not self.display:
+                if res.three_d:
+                    res.show(self.resources, sc.x, sc.y, sc.width, sc.height)
                 self._update(sid, sc, res, sc.x, sc.y, sc.width, sc.height)
 
     def _announce(self, sid: int, sc: Scanout) -> bool:

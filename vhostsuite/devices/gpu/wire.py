@@ -123,6 +123,20 @@ RESP_DISPLAY_INFO_SIZE = CTRL_HDR.size + VIRTIO_GPU_MAX_SCANOUTS * DISPLAY_ONE.s
 EDID_MAX = 1024
 RESP_EDID_HEAD = struct.Struct("<II")  # size, padding
 RESP_EDID_SIZE = CTRL_HDR.size + RESP_EDID_HEAD.size + EDID_MAX  # 1056
+# 3D (VIRTIO_GPU_F_VIRGL) bodies after the header
+GET_CAPSET_INFO = struct.Struct("<II")  # capset_index, padding
+RESP_CAPSET_INFO = struct.Struct("<IIII")  # capset_id, capset_max_version, capset_max_size, padding
+GET_CAPSET = struct.Struct("<II")  # capset_id, capset_version
+CTX_CREATE = struct.Struct("<II64s")  # nlen, context_init, debug_name
+CTX_DESTROY = struct.Struct("")  # no body
+CTX_RESOURCE = struct.Struct("<II")  # resource_id, padding
+#: resource_id, target, format, bind, width, height, depth, array_size, last_level, nr_samples, flags, padding
+RESOURCE_CREATE_3D = struct.Struct("<12I")
+#: box (x, y, z, w, h, d), offset, resource_id, level, stride, layer_stride
+TRANSFER_HOST_3D = struct.Struct("<6IQ4I")
+CMD_SUBMIT = struct.Struct("<II")  # size, padding (then size bytes of command stream)
+VIRTIO_GPU_CAPSET_VIRGL = 1
+VIRTIO_GPU_CAPSET_VIRGL2 = 2
 #: struct virtio_gpu_config: events_read, events_clear, num_scanouts, num_capsets
 CONFIG = struct.Struct("<IIII")
 
@@ -137,6 +151,16 @@ COMMAND_SIZES = {
     VIRTIO_GPU_CMD_RESOURCE_ATTACH_BACKING: CTRL_HDR.size + RESOURCE_ATTACH_BACKING.size,
     VIRTIO_GPU_CMD_RESOURCE_DETACH_BACKING: CTRL_HDR.size + RESOURCE_DETACH_BACKING.size,
     VIRTIO_GPU_CMD_GET_EDID: CTRL_HDR.size + CMD_GET_EDID.size,
+    VIRTIO_GPU_CMD_GET_CAPSET_INFO: CTRL_HDR.size + GET_CAPSET_INFO.size,
+    VIRTIO_GPU_CMD_GET_CAPSET: CTRL_HDR.size + GET_CAPSET.size,
+    VIRTIO_GPU_CMD_CTX_CREATE: CTRL_HDR.size + CTX_CREATE.size,
+    VIRTIO_GPU_CMD_CTX_DESTROY: CTRL_HDR.size,
+    VIRTIO_GPU_CMD_CTX_ATTACH_RESOURCE: CTRL_HDR.size + CTX_RESOURCE.size,
+    VIRTIO_GPU_CMD_CTX_DETACH_RESOURCE: CTRL_HDR.size + CTX_RESOURCE.size,
+    VIRTIO_GPU_CMD_RESOURCE_CREATE_3D: CTRL_HDR.size + RESOURCE_CREATE_3D.size,
+    VIRTIO_GPU_CMD_TRANSFER_TO_HOST_3D: CTRL_HDR.size + TRANSFER_HOST_3D.size,
+    VIRTIO_GPU_CMD_TRANSFER_FROM_HOST_3D: CTRL_HDR.size + TRANSFER_HOST_3D.size,
+    VIRTIO_GPU_CMD_SUBMIT_3D: CTRL_HDR.size + CMD_SUBMIT.size,
     VIRTIO_GPU_CMD_UPDATE_CURSOR: CTRL_HDR.size + UPDATE_CURSOR.size,
     VIRTIO_GPU_CMD_MOVE_CURSOR: CTRL_HDR.size + UPDATE_CURSOR.size,
 }
@@ -144,6 +168,9 @@ COMMAND_SIZES = {
 #: The most backing entries one ATTACH_BACKING may carry (QEMU's limit).
 MAX_BACKING_ENTRIES = 16384
 CURSOR_SIZE = 64
+#: The largest SUBMIT_3D command stream accepted: 16x what Mesa's virgl driver sends at most
+#: (VIRGL_MAX_CMDBUF_DWORDS, 64 Ki words = 256 KiB); it is copied out of guest memory whole.
+MAX_SUBMIT = 4 << 20
 
 # -- vhost-user-gpu display protocol (native endian, packed) -----------------------------
 VHOST_USER_GPU_GET_PROTOCOL_FEATURES = 1
