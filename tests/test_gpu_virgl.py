@@ -8,18 +8,21 @@ no EGL): ``--print-capabilities`` then does not list virgl, which one test check
 from __future__ import annotations
 
 import json
+import os
 import random
+import stat
 import struct
 import subprocess
 
 import pytest
 
 from tests.conftest import child_env, program
+from vhostsuite.core import protocol as P
 from vhostsuite.core.virtio import bit
 from vhostsuite.devices.gpu import renderer_works, virgl
 from vhostsuite.devices.gpu import wire as W
 from vhostsuite.testing import virgl_stream as S
-from vhostsuite.testing.frontend_gpu import Backing, GpuDisplay, hdr, open_gpu, resp_type
+from vhostsuite.testing.frontend_gpu import Backing, GpuDisplay, GpuDriver, hdr, open_gpu, resp_type
 
 OK = W.VIRTIO_GPU_RESP_OK_NODATA
 ERR_UNSPEC = W.VIRTIO_GPU_RESP_ERR_UNSPEC
@@ -45,10 +48,16 @@ def test_print_capabilities_lists_virgl_exactly_when_it_works(extra) -> None:  #
 class G3D:
     """A --virgl back-end with a display, and the 3D commands as a driver sends them."""
 
-    def __init__(self, spawn, *args: str, fd_mode: bool = False) -> None:  # noqa: ANN001
+    def __init__(self, spawn, *args: str, fd_mode: bool = False, reset_first: bool = False) -> None:  # noqa: ANN001
         self.display = GpuDisplay()
         self.be, self.fe = spawn("vhost-user-gpu", "--virgl", "--display-timeout=0.5", *args, fd_mode=fd_mode)
-        self.drv = open_gpu(self.fe, self.display)
+        if reset_first:  # as QEMU 10 does at boot, before the driver starts the device
+            self.fe.initialize()
+            self.fe.call(P.Request.RESET_DEVICE)
+            self.display.attach(self.fe)
+            self.drv = GpuDriver(self.fe, *self.fe.start([64, 16]))
+        else:
+            self.drv = open_gpu(self.fe, self.display)
         self.fence = 0
 
     def close(self) -> None:
@@ -108,8 +117,8 @@ class G3D:
 def g3d(spawn):  # noqa: ANN001, ANN201
     made: list[G3D] = []
 
-    def start(*args: str, fd_mode: bool = False) -> G3D:
-        g = G3D(spawn, *args, fd_mode=fd_mode)
+    def start(*args: str, fd_mode: bool = False, reset_first: bool = False) -> G3D:
+        g = G3D(spawn, *args, fd_mode=fd_mode, reset_first=reset_first)
         made.append(g)
         return g
 
@@ -165,6 +174,9 @@ def test_features_config_and_capsets(g3d) -> None:  # noqa: ANN001
     assert resp_type(g.cmd(W.VIRTIO_GPU_CMD_GET_CAPSET, W.GET_CAPSET.pack(77, 0), resp=24)) == BAD_PARAM
 
 
+WH = (1280, 800)
+
+
 def drawn_image(w: int, h: int, rect: tuple[int, int, int, int]) -> bytes:
     x0, y0, x1, y1 = rect
     return b"".join(bgrx(0, 0, 0xFF) if x0 <= x < x1 and y0 <= y < y1 else ORANGE for y in range(h) for x in range(w))
@@ -176,7 +188,8 @@ def test_clear_draw_and_read_back_through_guest_memory(g3d, fd_mode) -> None:  #
     """A frame as a GL program makes it: clear, then a rectangle drawn with shaders from a
     vertex buffer; read back through the guest's pages, every pixel as expected."""
     g = g3d(fd_mode=fd_mode)
-    w, h, rect = 64, 32, (16, 8, 48, 20)
+    w, h = WH
+    rect = (WH[0] // 4, WH[1] // 4, 3 * WH[0] // 4, WH[1] // 2)
     assert g.ctx_create(1) == OK
     backing = g.target(1, 7, w, h)
     assert g.create_3d(8, 64, 1, fmt=S.FORMAT_R8_UNORM, target=S.PIPE_BUFFER, bind=S.BIND_VERTEX_BUFFER) == OK
@@ -190,8 +203,11 @@ def test_clear_draw_and_read_back_through_guest_memory(g3d, fd_mode) -> None:  #
 
 
 @needs_virgl
-def test_fenced_commands_of_one_kick_complete_in_order(g3d) -> None:  # noqa: ANN001
-    g = g3d()
+@pytest.mark.parametrize("reset_first", [False, True])
+def test_fenced_commands_of_one_kick_complete_in_order(g3d, reset_first) -> None:  # noqa: ANN001
+    """Each waits for its fence; after a device reset too (the renderer's own reset would have
+    ended the thread that signals fences: nothing would complete)."""
+    g = g3d(reset_first=reset_first)
     w, h = 256, 256  # big enough that llvmpipe is still drawing when the fence is created
     assert g.ctx_create(1) == OK
     backing = g.target(1, 7, w, h)
@@ -254,7 +270,7 @@ def test_2d_keeps_working_beside_3d(g3d) -> None:  # noqa: ANN001
     g.drv.make_resource(1, BGRX, 8, 8, pix)
     assert g.create_3d(1, 8, 8) == BAD_RES  # one id space
     assert g.ctx_create(1) == OK
-    assert g.attach(1, 1) == BAD_RES  # a 2D resource is not the renderer's
+    assert g.attach(1, 1) == OK  # the guest kernel attaches its dumb buffers too: accepted, a no-op
     assert g.drv.set_scanout(0, 1, 0, 0, 8, 8) == OK
     assert g.drv.flush(1, 0, 0, 8, 8) == OK
     g.display.wait_updates(1)
@@ -346,7 +362,7 @@ def test_without_virgl_3d_commands_are_unsupported(spawn) -> None:  # noqa: ANN0
 @pytest.mark.parametrize(
     "args, message",
     [
-        (["--render-node=/dev/null"], "only used for 3D"),
+        (["--render-node=/dev/null"], "not a DRM render node"),
         (["--virgl", "--render-node=/dev/null"], "not a DRM render node"),
         (["--virgl", "--render-node=/nonexistent"], "no such device"),
     ],
@@ -355,6 +371,19 @@ def test_render_node_errors_fail_early(tmp_path, args, message) -> None:  # noqa
     out = subprocess.run([*program("vhost-user-gpu"), f"--socket-path={tmp_path}/s", *args], env=child_env(),
                          capture_output=True, text=True, timeout=30)  # fmt: skip
     assert out.returncode != 0 and message in out.stderr
+    assert not (tmp_path / "s").exists()
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="mknod needs root")
+@pytest.mark.parametrize("extra, message", [([], "only used for 3D"), (["--virgl"], "can't be opened")])
+def test_a_render_node_without_its_driver(tmp_path, extra, message) -> None:  # noqa: ANN001
+    """A DRM render node's device file (major 226) with no driver behind it, as in a container."""
+    node = tmp_path / "renderD128"
+    os.mknod(node, 0o600 | stat.S_IFCHR, os.makedev(226, 128))
+    out = subprocess.run([*program("vhost-user-gpu"), f"--socket-path={tmp_path}/s", f"--render-node={node}", *extra],
+                         env=child_env(), capture_output=True, text=True, timeout=30)  # fmt: skip
+    want = message if extra == [] or AVAILABLE else "3D is not available"
+    assert out.returncode != 0 and want in out.stderr, out.stderr
     assert not (tmp_path / "s").exists()
 
 

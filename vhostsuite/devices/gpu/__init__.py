@@ -10,6 +10,7 @@ This module stays light: ``--print-capabilities`` must not import cairo. The dev
 from __future__ import annotations
 
 import os
+import stat
 from collections.abc import Sequence
 
 from ...program import cli
@@ -21,6 +22,8 @@ if TYPE_CHECKING:
     import argparse
 
 DEFAULT_MAX_HOSTMEM = 256 << 20
+#: The character-device major of DRM nodes (<linux/major.h>).
+DRM_MAJOR = 226
 DEFAULT_DISPLAY_TIMEOUT = 5.0
 
 
@@ -138,8 +141,12 @@ def make_parser() -> argparse.ArgumentParser:
 def check_options(args: argparse.Namespace) -> None:
     """Refuse options this back-end can't honour, with a clear message (before any socket exists)."""
     if args.render_node is not None:
-        if not os.path.exists(args.render_node):
-            raise cli.StartupError(f"--render-node={args.render_node}: no such device")
+        try:
+            st = os.stat(args.render_node)
+        except OSError:
+            raise cli.StartupError(f"--render-node={args.render_node}: no such device") from None
+        if not stat.S_ISCHR(st.st_mode) or os.major(st.st_rdev) != DRM_MAJOR:
+            raise cli.StartupError(f"--render-node={args.render_node}: not a DRM render node")
         if not args.virgl:
             raise cli.StartupError(f"--render-node={args.render_node}: a render node is only used for 3D (--virgl)")
     if args.virgl:

@@ -65,7 +65,6 @@ cdef extern from "<virgl/virglrenderer.h>":
     int virgl_renderer_init(void *cookie, int flags, virgl_renderer_callbacks *cb)
     void virgl_renderer_poll()
     int virgl_renderer_get_poll_fd()
-    void virgl_renderer_reset()
     void virgl_renderer_get_cap_set(uint32_t set, uint32_t *max_ver, uint32_t *max_size)
     void virgl_renderer_fill_caps(uint32_t set, uint32_t version, void *caps)
     int virgl_renderer_context_create(uint32_t handle, uint32_t nlen, const char *name)
@@ -197,13 +196,6 @@ def poll() -> list:
 def poll_fd() -> int:
     """An fd that is readable when fences may have signalled (-1: the library has none)."""
     return virgl_renderer_get_poll_fd()
-
-
-def reset() -> None:
-    """Destroy every context and resource."""
-    global _signaled
-    virgl_renderer_reset()
-    _signaled = []
 
 
 def capset_info(uint32_t capset_id):

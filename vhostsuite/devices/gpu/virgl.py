@@ -25,10 +25,8 @@ already run and must not run again.
 
 from __future__ import annotations
 
-import errno
 import logging
 import os
-import stat
 import time
 from collections import deque
 from collections.abc import Callable
@@ -95,11 +93,11 @@ def init_renderer(render_node: str | None) -> None:
     fd = -1
     if render_node is None:
         flags |= r.USE_SURFACELESS
-    else:
-        st = os.stat(render_node)
-        if not stat.S_ISCHR(st.st_mode) or os.major(st.st_rdev) != DRM_MAJOR:
-            raise OSError(errno.ENODEV, f"{render_node} is not a DRM render node")
-        fd = os.open(render_node, os.O_RDWR | os.O_CLOEXEC)
+    else:  # a DRM character device: the command line's check
+        try:
+            fd = os.open(render_node, os.O_RDWR | os.O_CLOEXEC)
+        except OSError as e:
+            raise OSError(e.errno, f"{render_node} can't be opened") from None
     _log_to[0] = log.debug  # what it says while starting is about the host, and not news
     try:
         r.init(flags, fd, log=_renderer_log)
@@ -110,10 +108,6 @@ def init_renderer(render_node: str | None) -> None:
         if fd >= 0:
             os.close(fd)  # the renderer has its own dup
     _log_to[0] = _guest_message
-
-
-#: The character-device major of DRM nodes (<linux/major.h>: DRM_MAJOR).
-DRM_MAJOR = 226
 
 
 def _guest_message(message: str) -> None:
@@ -326,27 +320,24 @@ class Virgl:
         self.resources.charge(-CONTEXT_COST)
         return K.OK_NODATA
 
-    def _ctx_resource(self, hdr: K.Header, rid: int) -> K.Reply | None:
-        if hdr[K.HDR_CTX_ID] not in self.contexts:
+    def _ctx_resource(self, hdr: K.Header, rid: int, attach: bool) -> K.Reply:
+        ctx = hdr[K.HDR_CTX_ID]
+        if ctx not in self.contexts:
             return K.ERR_INVALID_CONTEXT_ID
         res = self.resources.get(rid)
-        if res is None or not res.three_d:
+        if res is None:
             return K.ERR_INVALID_RESOURCE_ID
-        return None
+        # A 2D resource is not the renderer's: attaching it is accepted and does nothing (Linux
+        # attaches every buffer a DRM file opens, dumb ones included, to that file's context).
+        if res.three_d:
+            (self.r.ctx_attach_resource if attach else self.r.ctx_detach_resource)(ctx, rid)
+        return K.OK_NODATA
 
     def ctx_attach(self, cmd: K.CtxAttachResource, hdr: K.Header) -> K.Reply:
-        error = self._ctx_resource(hdr, cmd.resource_id)
-        if error is not None:
-            return error
-        self.r.ctx_attach_resource(hdr[K.HDR_CTX_ID], cmd.resource_id)
-        return K.OK_NODATA
+        return self._ctx_resource(hdr, cmd.resource_id, True)
 
     def ctx_detach(self, cmd: K.CtxDetachResource, hdr: K.Header) -> K.Reply:
-        error = self._ctx_resource(hdr, cmd.resource_id)
-        if error is not None:
-            return error
-        self.r.ctx_detach_resource(hdr[K.HDR_CTX_ID], cmd.resource_id)
-        return K.OK_NODATA
+        return self._ctx_resource(hdr, cmd.resource_id, False)
 
     def resource_create_3d(self, cmd: K.ResourceCreate3D, hdr: K.Header) -> K.Reply:
         rid = cmd.resource_id
@@ -414,6 +405,7 @@ class Virgl:
         if self._done(seq) and not self.waiting:
             return response
         self.waiting.append((seq, chain, response))
+        log.debug("3D command waits for fence %d (the renderer is at %d)", seq, self._signaled)
         self._arm()
         return PENDING
 
@@ -423,7 +415,7 @@ class Virgl:
 
     def _take_signals(self) -> None:
         signaled = self.r.poll()
-        if signaled:
+        if signaled and not self._done(signaled[-1]):  # only forward: one from before a reset is old
             self._signaled = signaled[-1]
 
     def _arm(self) -> None:
@@ -438,8 +430,9 @@ class Virgl:
         self._take_signals()
         waiting = self.waiting
         while waiting and self._done(waiting[0][0]):
-            _, chain, response = waiting.popleft()
-            self._complete(chain, response)
+            seq, chain, response = waiting.popleft()
+            if not self._complete(chain, response):
+                log.debug("fence %d: its command's ring stopped meanwhile", seq)
         self._arm()
 
     def drain(self, timeout: float = STOP_WAIT) -> None:
@@ -467,7 +460,9 @@ class Virgl:
             self.r.context_destroy(ctx)
             self.resources.charge(-CONTEXT_COST)
         self.contexts.clear()
-        self.r.reset()
+        # Not virgl_renderer_reset(): in 0.10.4 it ends the renderer's fence thread for good, and
+        # its poll fd never wakes us again. The contexts and resources went one by one instead;
+        # fences still in the renderer count as done.
         self._signaled = self._fence_seq
 
     def close(self) -> None:
