@@ -8,18 +8,12 @@
  * The delay between the frames is vhs.gpu_delay=<seconds> on the kernel command line (default 6).
  * Raw ioctls only: there is no static libdrm.
  */
-#include <errno.h>
-#include <fcntl.h>
 #include <stdint.h>
 #include <stdio.h>
-#include <stdlib.h>
-#include <string.h>
-#include <sys/ioctl.h>
 #include <sys/mman.h>
 #include <unistd.h>
-#include <drm.h>
 #include "vhs.h"
-#include <drm_mode.h>
+#include "vhs_kms.h"
 
 static uint32_t pattern1(uint32_t x, uint32_t y)
 {
@@ -32,86 +26,12 @@ static uint32_t pattern2(uint32_t x, uint32_t y)
     return pattern1(x, y) ^ 0x00ffffff;
 }
 
-static int xioctl(int fd, unsigned long req, void *arg)
-{
-    int r;
-    do {
-        r = ioctl(fd, req, arg);
-    } while (r == -1 && (errno == EINTR || errno == EAGAIN));
-    return r;
-}
-
-static void die(const char *what)
-{
-    printf("GPU-ERROR %s: %s\n", what, strerror(errno));
-    fflush(stdout);
-    exit(1);
-}
-
 int main(void)
 {
-    int fd = -1;
-    for (int i = 0; i < 600 && fd < 0; i++) {
-        fd = open("/dev/dri/card0", O_RDWR | O_CLOEXEC);
-        if (fd < 0)
-            usleep(100000);
-    }
-    if (fd < 0)
-        die("open /dev/dri/card0");
+    int fd = vhs_open_card();
+    struct vhs_output out = vhs_find_output(fd);
 
-    struct drm_mode_card_res res = {0};
-    if (xioctl(fd, DRM_IOCTL_MODE_GETRESOURCES, &res))
-        die("GETRESOURCES");
-    uint32_t *conns = calloc(res.count_connectors + 1, 4), *crtcs = calloc(res.count_crtcs + 1, 4);
-    uint32_t *encs = calloc(res.count_encoders + 1, 4), *fbs = calloc(res.count_fbs + 1, 4);
-    res.connector_id_ptr = (uintptr_t)conns;
-    res.crtc_id_ptr = (uintptr_t)crtcs;
-    res.encoder_id_ptr = (uintptr_t)encs;
-    res.fb_id_ptr = (uintptr_t)fbs;
-    if (xioctl(fd, DRM_IOCTL_MODE_GETRESOURCES, &res))
-        die("GETRESOURCES 2");
-
-    struct drm_mode_get_connector conn;
-    struct drm_mode_modeinfo mode;
-    int found = 0;
-    /* the connector may show up as connected only once the host answered display info: retry */
-    for (int attempt = 0; attempt < 100 && !found; attempt++) {
-        for (uint32_t i = 0; i < res.count_connectors && !found; i++) {
-            memset(&conn, 0, sizeof(conn));
-            conn.connector_id = conns[i];
-            if (xioctl(fd, DRM_IOCTL_MODE_GETCONNECTOR, &conn))
-                die("GETCONNECTOR");
-            if (conn.connection != 1 || conn.count_modes == 0)
-                continue;
-            struct drm_mode_modeinfo *modes = calloc(conn.count_modes, sizeof(*modes));
-            uint32_t *cencs = calloc(conn.count_encoders + 1, 4);
-            conn.modes_ptr = (uintptr_t)modes;
-            conn.encoders_ptr = (uintptr_t)cencs;
-            conn.count_props = 0;
-            if (xioctl(fd, DRM_IOCTL_MODE_GETCONNECTOR, &conn))
-                die("GETCONNECTOR 2");
-            mode = modes[0];
-            for (uint32_t m = 0; m < conn.count_modes; m++)
-                if (modes[m].type & DRM_MODE_TYPE_PREFERRED) {
-                    mode = modes[m];
-                    break;
-                }
-            found = 1;
-        }
-        if (!found)
-            usleep(100000);
-    }
-    if (!found)
-        die("no connected connector");
-
-    uint32_t crtc_id = crtcs[0];
-    if (conn.encoder_id) {
-        struct drm_mode_get_encoder enc = {.encoder_id = conn.encoder_id};
-        if (xioctl(fd, DRM_IOCTL_MODE_GETENCODER, &enc) == 0 && enc.crtc_id)
-            crtc_id = enc.crtc_id;
-    }
-
-    uint32_t w = mode.hdisplay, h = mode.vdisplay;
+    uint32_t w = out.mode.hdisplay, h = out.mode.vdisplay;
     struct drm_mode_create_dumb cd = {.width = w, .height = h, .bpp = 32};
     if (xioctl(fd, DRM_IOCTL_MODE_CREATE_DUMB, &cd))
         die("CREATE_DUMB");
@@ -129,19 +49,7 @@ int main(void)
         for (uint32_t x = 0; x < w; x++)
             row[x] = pattern1(x, y);
     }
-    struct drm_mode_crtc crtc = {0};
-    crtc.crtc_id = crtc_id;
-    crtc.fb_id = fb.fb_id;
-    crtc.set_connectors_ptr = (uintptr_t)&conn.connector_id;
-    crtc.count_connectors = 1;
-    crtc.mode = mode;
-    crtc.mode_valid = 1;
-    if (xioctl(fd, DRM_IOCTL_MODE_SETCRTC, &crtc))
-        die("SETCRTC");
-    /* a full-screen dirty too, so the host has the whole frame whatever SETCRTC flushed */
-    struct drm_clip_rect all = {0, 0, w, h};
-    struct drm_mode_fb_dirty_cmd dirty_all = {.fb_id = fb.fb_id, .num_clips = 1, .clips_ptr = (uintptr_t)&all};
-    xioctl(fd, DRM_IOCTL_MODE_DIRTYFB, &dirty_all);
+    vhs_show(fd, &out, fb.fb_id);
     printf("GPU-FRAME1 %u %u\n", w, h);
     fflush(stdout);
 
