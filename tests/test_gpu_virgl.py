@@ -243,9 +243,9 @@ def test_transfer_to_host_3d_then_back(g3d) -> None:  # noqa: ANN001
 
 
 @needs_virgl
-def test_3d_resource_on_a_scanout_reaches_the_display(g3d) -> None:  # noqa: ANN001
+@pytest.mark.parametrize("w, h", [(32, 16), (320, 240)])  # the large one's copy is a mapping: by reference
+def test_3d_resource_on_a_scanout_reaches_the_display(g3d, w, h) -> None:  # noqa: ANN001
     g = g3d()
-    w, h = 32, 16
     assert g.ctx_create(1) == OK
     g.target(1, 5, w, h)
     assert resp_type(g.submit(1, clear_and_dot(5))) == OK

@@ -73,6 +73,17 @@ class Resource:
         self.stride = width * W.BYTES_PER_PIXEL
         self.swizzle, self.alpha = W.FORMATS[fmt]
         size = self.stride * height
+        self.set_pixels(size)
+        self.backing: pixels.PageList | None = None
+        #: The backing's guest-physical (address, length) runs, and the regions they lie in.
+        self.backing_runs: list[tuple[int, int]] = []
+        self.backing_regions: frozenset[Region] = frozenset()
+        self.backing_cost = 0
+        #: The scanouts showing this resource.
+        self.scanouts: set[int] = set()
+
+    def set_pixels(self, size: int) -> None:
+        """Pixel memory of *size* bytes (``data``, ``view``, ``shared``)."""
         #: The pixels are an anonymous mapping of their own (large resources), not heap memory:
         #: the display channel may hand their pages to the kernel by reference, since pages the
         #: kernel holds stay valid (and are never another object's) after the resource is gone.
@@ -87,13 +98,6 @@ class Resource:
             except OSError:  # THP disabled: small pages
                 pass
         self.view = memoryview(self.data)
-        self.backing: pixels.PageList | None = None
-        #: The backing's guest-physical (address, length) runs, and the regions they lie in.
-        self.backing_runs: list[tuple[int, int]] = []
-        self.backing_regions: frozenset[Region] = frozenset()
-        self.backing_cost = 0
-        #: The scanouts showing this resource.
-        self.scanouts: set[int] = set()
 
     @property
     def size(self) -> int:

@@ -168,8 +168,12 @@ class Resource3D(Resource):
             if not resources.charge(size):
                 guest_log.warn("max-hostmem", "3D resource %d: no room for its scanout copy", self.id)
                 return K.ERR_OUT_OF_MEMORY
-            self.data = bytearray(size)
-            self.view = memoryview(self.data)
+            try:
+                self.set_pixels(size)  # a mapping of its own when large: UPDATEs go by reference
+            except (MemoryError, OSError) as e:
+                resources.charge(-size)
+                guest_log.warn("max-hostmem", "3D resource %d: no memory for its scanout copy (%s)", self.id, e)
+                return K.ERR_OUT_OF_MEMORY
         if w and h and not self.refresh(x, y, w, h):
             guest_log.warn("virgl", "3D resource %d: the renderer could not read it back", self.id)
         return None
