@@ -16,11 +16,12 @@ DESTDIR     ?=
 DEVICES     := gpu input rng
 PYTEST_ARGS ?=
 
-# System packages: the build (cairo headers for pycairo, a C compiler), the guest kit
+# System packages: the build (cairo headers for pycairo, a C compiler, virglrenderer's headers
+# for --virgl and Mesa's EGL and software renderer it runs on without a GPU), the guest kit
 # (busybox, debootstrap for a QEMU >= 8.2 on Debian 12, libdrm headers for the guest's
 # test programs) and QEMU's C vhost-user-gpu that the benchmarks compare against.
-DEB_PACKAGES := gcc pkg-config libcairo2-dev libdrm-dev busybox-static debootstrap cpio kmod \
-                xz-utils zstd qemu-system-gui
+DEB_PACKAGES := gcc pkg-config libcairo2-dev libvirglrenderer-dev libegl-mesa0 libgl1-mesa-dri \
+                libdrm-dev busybox-static debootstrap cpio kmod xz-utils zstd qemu-system-gui
 
 .PHONY: all deps pydeps build build-inplace debug test check bench demo install uninstall clean lint man deb qemu-reconnect fuzz fuzz-deps fuzz-build soak
 
@@ -184,5 +185,5 @@ qemu-reconnect:
 
 clean:
 	rm -rf build dist *.egg-info .pytest_cache .benchmarks
-	rm -f vhostsuite/core/_ring.c vhostsuite/devices/gpu/_pixels.c
+	rm -f vhostsuite/core/_ring.c vhostsuite/devices/gpu/_pixels.c vhostsuite/devices/gpu/_virgl.c
 	find vhostsuite -name '*.so' -delete -o -name '_*.html' -delete
