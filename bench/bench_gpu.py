@@ -29,7 +29,7 @@ import time
 from pathlib import Path
 
 import pytest
-from cfrontend import CDisplay, CRounds, available
+from cfrontend import CDisplay, CRounds, available, cpu_seconds
 
 from vhostsuite.devices.gpu import wire as W
 from vhostsuite.testing import guest
@@ -90,14 +90,7 @@ class Rig:
         chains.run(rounds, self.display, updates)
 
     def cpu_seconds(self) -> float:
-        """The back-end's CPU so far, all threads (schedstat: ns, where /proc/PID/stat has 10 ms ticks)."""
-        total = 0
-        for task in Path(f"/proc/{self.proc.pid}/task").iterdir():
-            try:
-                total += int((task / "schedstat").read_text().split()[0])
-            except (FileNotFoundError, ProcessLookupError):  # a thread that just ended
-                pass
-        return total / 1e9
+        return cpu_seconds(self.proc.pid)
 
     def close(self) -> None:
         self.display.close()

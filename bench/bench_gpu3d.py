@@ -26,7 +26,7 @@ import time
 from pathlib import Path
 
 import pytest
-from cfrontend import CDisplay, CRounds, available
+from cfrontend import CDisplay, CRounds, available, cpu_seconds
 
 from vhostsuite.core.virtio import bit
 from vhostsuite.devices.gpu import renderer_works
@@ -107,13 +107,7 @@ class Rig3D:
         chains.run(rounds, self.display, updates)
 
     def cpu_seconds(self) -> float:
-        total = 0
-        for task in Path(f"/proc/{self.proc.pid}/task").iterdir():
-            try:
-                total += int((task / "schedstat").read_text().split()[0])
-            except (FileNotFoundError, ProcessLookupError):
-                pass
-        return total / 1e9
+        return cpu_seconds(self.proc.pid)
 
     def close(self) -> None:
         self.display.close()

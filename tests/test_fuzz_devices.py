@@ -1,5 +1,6 @@
 """Bounded property-based fuzzing of the devices' guest-facing parsers, through the real programs:
-virtio-gpu control and cursor commands, virtio-input config selects and status events.
+virtio-gpu control and cursor commands (2D, and with --virgl the 3D ones against a real context
+and 3D resource), virtio-input config selects and status events.
 Every example must get its defined answer and leave the back-end serving."""
 
 from __future__ import annotations
@@ -11,23 +12,32 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from tests.conftest import Backend, program
+from vhostsuite.devices.gpu import renderer_works
 from vhostsuite.devices.gpu import wire as W
 from vhostsuite.devices.input import config as C
 from vhostsuite.testing.frontend import Frontend
-from vhostsuite.testing.frontend_gpu import GpuDisplay, hdr, open_gpu, resp_type
+from vhostsuite.testing.frontend_gpu import Backing, GpuDisplay, hdr, open_gpu, resp_type
 
 SETTINGS = settings(max_examples=200, deadline=None, suppress_health_check=list(HealthCheck))
 GPU_COMMANDS = [*range(0x0100, 0x010E), *range(0x0200, 0x020C), 0x0300, 0x0301, 0, 0xFFFF_FFFF]
 
 
-@pytest.fixture(scope="module")
-def gpu_target(tmp_path_factory):
+@pytest.fixture(scope="module", params=["2d", pytest.param("virgl", marks=pytest.mark.skipif(
+    not renderer_works(), reason="virglrenderer does not initialise here"))])  # fmt: skip
+def gpu_target(tmp_path_factory, request):
     tmp = tmp_path_factory.mktemp("fuzz-gpu")
     path = tmp / "gpu.sock"
-    be = Backend([*program("vhost-user-gpu"), f"--socket-path={path}", "-q", "--display-timeout=0.5"], tmp)
+    extra = ["--virgl"] if request.param == "virgl" else []
+    be = Backend([*program("vhost-user-gpu"), f"--socket-path={path}", "-q", "--display-timeout=0.5", *extra], tmp)
     fe = Frontend.connect(str(path))
     display = GpuDisplay()
     drv = open_gpu(fe, display)
+    if extra:  # something for the 3D commands to find: context 1, and 3D resource 5 with a backing in it
+        for cmd in (hdr(W.VIRTIO_GPU_CMD_CTX_CREATE, ctx_id=1) + W.CTX_CREATE.pack(4, 0, b"fuzz"),
+                    hdr(W.VIRTIO_GPU_CMD_RESOURCE_CREATE_3D) + W.RESOURCE_CREATE_3D.pack(5, 2, 2, 2, 64, 64, 1, 1, 0,
+                                                                                       0, 0, 0)):  # fmt: skip
+            assert resp_type(drv.cmd(cmd)) == W.VIRTIO_GPU_RESP_OK_NODATA
+        assert drv.attach_backing(5, Backing(fe, 64 * 64 * 4).entries()) == W.VIRTIO_GPU_RESP_OK_NODATA
     yield be, drv
     display.close()
     fe.close()
@@ -43,10 +53,11 @@ def gpu_target(tmp_path_factory):
                                                        max_size=8)),
     cut=st.integers(0, 24),
     resp=st.sampled_from([0, 8, 24, 408, 1056]),
+    ctx=st.sampled_from([0, 1, 2]),
 )  # fmt: skip
-def test_gpu_control_commands(gpu_target, ctype, flags, body, cut, resp):
+def test_gpu_control_commands(gpu_target, ctype, flags, body, cut, resp, ctx):
     be, drv = gpu_target
-    cmd = hdr(ctype, flags=flags, fence_id=7)
+    cmd = hdr(ctype, flags=flags, fence_id=7, ctx_id=ctx)
     cmd = cmd[: len(cmd) - cut] if cut and not body else cmd + body
     data = drv.cmd(cmd, resp) if resp else None
     if data and len(data) >= 24:

@@ -31,14 +31,20 @@ def test_the_package_holds_what_a_packager_expects(deb: tuple[Path, str]) -> Non
         assert f"/usr/share/man/man1/vhost-user-{d}.1.gz" in files
     assert "/usr/share/doc/vhostsuite/copyright" in files
     exts = [f for f in files if f.startswith("/usr/lib/vhostsuite/python/vhostsuite/") and f.endswith(".so")]
-    assert len(exts) == 2, exts  # the ring and the pixel copier, compiled for Debian's python3
+    # the ring, the pixel copier and the virglrenderer binding, compiled for Debian's python3
+    assert len(exts) == 3 and any("/gpu/_virgl." in f for f in exts), exts
     fields = subprocess.run(["dpkg-deb", "-f", str(path), "Depends"], capture_output=True, text=True).stdout
     assert "python3-cairo" in fields and "python3-evdev" in fields and "python3 (>=" in fields, fields
+    assert "libvirglrenderer1" in fields, fields
+
+
+#: The installed programs as a user starts them.
+CHROOT_ENV = {"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8"}
+CHROOT = shutil.which("chroot") or "/usr/sbin/chroot"
 
 
 def test_the_installed_programs_start_with_the_compiled_core(fresh_root: Path) -> None:
-    env = {"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8"}  # the installed programs as a user starts them
-    chroot = shutil.which("chroot") or "/usr/sbin/chroot"
+    env, chroot = CHROOT_ENV, CHROOT
     for d in DEVICES:
         prog = fresh_root / f"usr/libexec/vhost-user-{d}"
         assert prog.read_text().startswith("#!/usr/bin/python3\n")
