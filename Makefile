@@ -17,11 +17,13 @@ DEVICES     := gpu input rng
 PYTEST_ARGS ?=
 
 # System packages: the build (cairo headers for pycairo, a C compiler, virglrenderer's headers
-# for --virgl and Mesa's EGL and software renderer it runs on without a GPU), the guest kit
-# (busybox, debootstrap for a QEMU >= 8.2 on Debian 12, libdrm headers for the guest's
-# test programs) and QEMU's C vhost-user-gpu that the benchmarks compare against.
-DEB_PACKAGES := gcc pkg-config libcairo2-dev libvirglrenderer-dev libegl-mesa0 libgl1-mesa-dri \
-                libdrm-dev busybox-static debootstrap cpio kmod xz-utils zstd qemu-system-gui
+# for --virgl; the EGL and OpenGL loaders libepoxy opens for it, and Mesa's EGL and software
+# renderer it runs on without a GPU), the guest kit (busybox, debootstrap for a QEMU >= 8.2 on
+# Debian 12, libdrm headers for the guest's test programs) and QEMU's C vhost-user-gpu that the
+# benchmarks compare against.
+DEB_PACKAGES := gcc pkg-config libcairo2-dev libvirglrenderer-dev libegl1 libopengl0 \
+                libegl-mesa0 libgl1-mesa-dri libdrm-dev busybox-static debootstrap cpio kmod xz-utils zstd \
+                qemu-system-gui
 
 .PHONY: all deps pydeps build build-inplace debug test check bench demo install uninstall clean lint man deb qemu-reconnect fuzz fuzz-deps fuzz-build soak
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import subprocess
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -86,6 +87,21 @@ def fresh_root(deb: tuple[Path, str], tmp_path_factory) -> Iterator[Path]:
     root = tmp_path_factory.mktemp("fresh-root")
     try:
         debroot.install_root(deb[0], root)
+    except Unavailable as e:
+        pytest.skip(f"no fresh Debian root here: {e}")
+    yield root
+    shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def recommends_root(deb: tuple[Path, str], tmp_path_factory) -> Iterator[Path]:
+    """A fresh Debian root with the run-time dependencies and what the package recommends (as
+    apt installs by default), and the .deb installed there."""
+    fields = subprocess.run(["dpkg-deb", "-f", str(deb[0]), "Recommends"], capture_output=True, text=True).stdout
+    recommends = [name.strip() for name in fields.split(",") if name.strip()]
+    root = tmp_path_factory.mktemp("recommends-root")
+    try:
+        debroot.install_root(deb[0], root, extra=recommends)
     except Unavailable as e:
         pytest.skip(f"no fresh Debian root here: {e}")
     yield root

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import Backend
+from tests.e2e.test_gpu_virgl_e2e import serve_gpu3d_guest
 from tests.e2e.test_rng_e2e import serve_rng_guest
 
 pytestmark = pytest.mark.e2e
@@ -68,4 +69,34 @@ def test_the_installed_rng_serves_a_guest(fresh_root: Path, vm_factory, tmp_path
         be.wait_listening(sock)
         serve_rng_guest(vm_factory, be, f"socket,id=rng0,path={sock}")
     finally:
+        be.stop()
+
+
+def test_without_its_recommends_the_installed_gpu_says_3d_is_missing(fresh_root: Path) -> None:
+    """Only the Depends: no libEGL, which libepoxy would abort the process for. Capabilities say
+    no 3D, and --virgl fails at once, naming what to install."""
+    run = [CHROOT, str(fresh_root), "/usr/libexec/vhost-user-gpu"]
+    caps = subprocess.run([*run, "--print-capabilities"], capture_output=True, text=True, timeout=30, env=CHROOT_ENV)
+    assert json.loads(caps.stdout)["features"] == [], caps.stdout
+    res = subprocess.run([*run, "--virgl", "--socket-path=/tmp/gpu.sock"], capture_output=True, text=True,
+                         timeout=30, env=CHROOT_ENV)  # fmt: skip
+    assert res.returncode == 1, res.stderr
+    assert "--virgl: virglrenderer needs libEGL.so.1 (Debian: libegl1)" in res.stderr, res.stderr
+    assert "Fatal" not in res.stderr and "Traceback" not in res.stderr, res.stderr
+
+
+def test_with_its_recommends_the_installed_gpu_serves_3d(recommends_root: Path, vm_factory, tmp_path: Path) -> None:
+    """As apt installs it (Recommends too), on a host without a GPU: "virgl" is offered and the
+    gpu-3d guest draws through the installed program."""
+    run = [CHROOT, str(recommends_root), "/usr/libexec/vhost-user-gpu"]
+    caps = subprocess.run([*run, "--print-capabilities"], capture_output=True, text=True, timeout=30, env=CHROOT_ENV)
+    assert json.loads(caps.stdout) == {"type": "gpu", "features": ["virgl"]}, caps.stdout + caps.stderr
+    sock = recommends_root / "tmp/gpu.sock"
+    sock.unlink(missing_ok=True)
+    be = Backend([*run, "--virgl", "--socket-path=/tmp/gpu.sock", "-v"], tmp_path)
+    try:
+        be.wait_listening(sock)
+        serve_gpu3d_guest(vm_factory, be, f"socket,id=gpu0,path={sock}", (), tmp_path)
+    finally:
+        be.terminate()
         be.stop()

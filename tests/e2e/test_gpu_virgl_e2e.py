@@ -45,22 +45,30 @@ def test_guest_draws_in_3d_on_our_gpu(vm_factory, tmp_path, mode) -> None:  # no
         theirs.close()
         chardev, pass_fds, keep = f"socket,id=gpu0,fd={ours.fileno()}", (ours.fileno(),), ours
     try:
-        vm = vm_factory("gpu-3d", ["-chardev", chardev, "-device", "vhost-user-gpu-pci,chardev=gpu0"],
-                        pass_fds=pass_fds)  # fmt: skip
-        if keep is not None:
-            keep.close()
-        m = vm.wait_for(r"^GPU3D-(?:FEATURES (\d+)|ERROR.*)$", timeout=300)
-        assert m[1] == "1", f"{vm.serial_text()}\n{be.stderr()[-3000:]}"
-        m = vm.wait_for(r"^GPU3D-(?:PIXELS (\d+) (\d+) (\d+)|ERROR.*)$", timeout=120)
-        assert m[1], f"{vm.serial_text()}\n{be.stderr()[-3000:]}"
-        assert m[3] == "0", f"the guest read back wrong pixels:\n{vm.serial_text()}"
-        w, h = int(m[1]), int(m[2])
-        m = vm.wait_for(r"^GPU3D-(?:SCANOUT (\d+) (\d+)|ERROR.*)$", timeout=60)
-        assert m[1], vm.serial_text()
-        ok, note = screen_matches(vm, tmp_path, w, h, frame(w, h))
-        assert ok, f"screendump: {note}\n{be.stderr()[-3000:]}"
-        assert "Traceback" not in be.stderr()
-        vm.close()
+        serve_gpu3d_guest(vm_factory, be, chardev, pass_fds, tmp_path, keep)
     finally:
         be.terminate()
         be.stop()
+
+
+def serve_gpu3d_guest(vm_factory, be: Backend, chardev: str, pass_fds: tuple[int, ...], tmp_path,  # noqa: ANN001
+                      keep: socket.socket | None = None) -> None:  # fmt: skip
+    """Boot the gpu-3d guest on the back-end *be* (at *chardev*): its 3D frame must read back
+    right in the guest and equal QMP's screendump. *keep*: our end of an --fd socketpair,
+    closed once QEMU holds it."""
+    vm = vm_factory("gpu-3d", ["-chardev", chardev, "-device", "vhost-user-gpu-pci,chardev=gpu0"],
+                    pass_fds=pass_fds)  # fmt: skip
+    if keep is not None:
+        keep.close()
+    m = vm.wait_for(r"^GPU3D-(?:FEATURES (\d+)|ERROR.*)$", timeout=300)
+    assert m[1] == "1", f"{vm.serial_text()}\n{be.stderr()[-3000:]}"
+    m = vm.wait_for(r"^GPU3D-(?:PIXELS (\d+) (\d+) (\d+)|ERROR.*)$", timeout=120)
+    assert m[1], f"{vm.serial_text()}\n{be.stderr()[-3000:]}"
+    assert m[3] == "0", f"the guest read back wrong pixels:\n{vm.serial_text()}"
+    w, h = int(m[1]), int(m[2])
+    m = vm.wait_for(r"^GPU3D-(?:SCANOUT (\d+) (\d+)|ERROR.*)$", timeout=60)
+    assert m[1], vm.serial_text()
+    ok, note = screen_matches(vm, tmp_path, w, h, frame(w, h))
+    assert ok, f"screendump: {note}\n{be.stderr()[-3000:]}"
+    assert "Traceback" not in be.stderr()
+    vm.close()

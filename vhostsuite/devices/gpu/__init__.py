@@ -159,7 +159,7 @@ def check_options(args: argparse.Namespace) -> None:
             virgl.init_renderer(args.render_node)
         except OSError as e:
             reason = os.strerror(e.errno) if e.errno else "no reason given"
-            raise cli.StartupError(f"--virgl: {e.strerror} ({reason})") from None
+            raise cli.StartupError(f"--virgl: {e.strerror}: {reason}") from None
 
 
 def main(argv: Sequence[str] | None = None) -> int:

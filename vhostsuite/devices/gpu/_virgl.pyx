@@ -17,6 +17,7 @@ from cpython.buffer cimport PyBUF_SIMPLE, PyBUF_WRITABLE, PyBuffer_Release, PyOb
 from libc.stdint cimport uint32_t, uint64_t
 from libc.stdlib cimport free, malloc
 from libc.string cimport memset
+from posix.dlfcn cimport RTLD_LAZY, RTLD_LOCAL, dlclose, dlopen
 from posix.uio cimport iovec
 
 cdef extern from "<virgl/virglrenderer.h>":
@@ -178,6 +179,16 @@ def init(int flags, int drm_fd=-1, log=None):
     if rc != 0:
         raise OSError(-rc if rc < 0 else rc, "virgl_renderer_init failed")
     _initialized = True
+
+
+def can_load(name: str) -> bool:
+    """Whether the dynamic linker finds and loads the shared library *name* (it is unloaded again)."""
+    cdef bytes path = name.encode()
+    cdef void *handle = dlopen(path, RTLD_LAZY | RTLD_LOCAL)
+    if handle == NULL:
+        return False
+    dlclose(handle)
+    return True
 
 
 def initialized() -> bool:

@@ -25,6 +25,7 @@ already run and must not run again.
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import time
@@ -62,6 +63,11 @@ TEXEL_COST = 4
 FENCE_POLL = 0.001
 #: The longest a queue stop waits for outstanding fences (the renderer is stuck if longer).
 STOP_WAIT = 1.0
+#: What libepoxy (virglrenderer's GL loader) opens at the renderer's start, each a choice of
+#: names, with the Debian package of the first: it abort()s the process when one is missing,
+#: so they are looked for first and a missing one is said. Mesa's EGL driver (libegl-mesa0,
+#: libgl1-mesa-dri) is not among them: without it the start fails cleanly.
+GL_LIBRARIES = ((("libEGL.so.1",), "libegl1"), (("libOpenGL.so.0", "libGL.so.1"), "libopengl0"))
 #: virgl capsets offered, in capset_index order.
 CAPSETS = (W.VIRTIO_GPU_CAPSET_VIRGL, W.VIRTIO_GPU_CAPSET_VIRGL2)
 
@@ -98,6 +104,12 @@ def init_renderer(render_node: str | None) -> None:
             fd = os.open(render_node, os.O_RDWR | os.O_CLOEXEC)
         except OSError as e:
             raise OSError(e.errno, f"{render_node} can't be opened") from None
+    missing = [(names[0], package) for names, package in GL_LIBRARIES if not any(map(r.can_load, names))]
+    if missing:
+        if fd >= 0:
+            os.close(fd)
+        name, package = missing[0]
+        raise OSError(errno.ENOENT, f"virglrenderer needs {name} (Debian: {package})")
     _log_to[0] = log.debug  # what it says while starting is about the host, and not news
     try:
         r.init(flags, fd, log=_renderer_log)
