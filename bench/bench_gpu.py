@@ -22,19 +22,17 @@ ratios ours/C go to ``benchmark.extra_info`` and are printed.
 from __future__ import annotations
 
 import os
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
 import pytest
-from cfrontend import CDisplay, CRounds, available, cpu_seconds
+from cfrontend import CRounds, GpuRig, available
 
 from vhostsuite.devices.gpu import wire as W
 from vhostsuite.testing import guest
-from vhostsuite.testing.frontend import Frontend, GuestRam
-from vhostsuite.testing.frontend_gpu import GpuDriver, hdr, open_gpu
+from vhostsuite.testing.frontend_gpu import GpuDriver, hdr
 
 ROOT = Path(__file__).resolve().parent.parent
 C_GPU = "/usr/lib/qemu/vhost-user-gpu"
@@ -52,21 +50,13 @@ if _TREE is not None and (_TREE / C_GPU.lstrip("/")).exists():
     BACKENDS["c10"] = guest.tree_program(_TREE, C_GPU)
 
 
-class Rig:
-    """One back-end process, its front-end, display and a 1920x1080 scanout + a small off-screen resource.
-
-    The set-up uses the Python test front-end; every measured round runs in the C one
-    (:mod:`cfrontend`): the driver's chains on the control queue and the display's end.
-    """
+class Rig(GpuRig):
+    """One back-end, its display and a 1920x1080 scanout + a small off-screen resource; every
+    measured round runs in the C front-end (:mod:`cfrontend`)."""
 
     def __init__(self, name: str, tmp: str) -> None:
         self.name = name
-        path = os.path.join(tmp, f"{name}.sock")
-        self.proc = subprocess.Popen([*BACKENDS[name], f"--socket-path={path}"], env=ENV, stderr=subprocess.DEVNULL)
-        self.fe = Frontend.connect(path, timeout=10, ram=GuestRam(64 << 20))
-        self.display = CDisplay(W_, H_)
-        self.drv: GpuDriver = open_gpu(self.fe, self.display, sizes=(256, 16))  # QEMU: 256
-        self.drv.timeout = 10
+        super().__init__(BACKENDS[name], os.path.join(tmp, f"{name}.sock"), ENV, 64 << 20, W_, H_)
         frame = bytes(range(256)) * (W_ * H_ * 4 // 256)
         self.backing = self.drv.make_resource(1, BGRX, W_, H_, frame, scatter=True)
         assert self.drv.set_scanout(0, 1, 0, 0, W_, H_) == OK
@@ -81,26 +71,7 @@ class Rig:
             "display_infos": (CRounds(ctrl, [(hdr(W.VIRTIO_GPU_CMD_GET_DISPLAY_INFO), 408, DISPLAY_INFO)] * 16), 0),
             "display_info": (CRounds(ctrl, [(hdr(W.VIRTIO_GPU_CMD_GET_DISPLAY_INFO), 408, DISPLAY_INFO)]), 0),
         }
-        for op in self.rounds:  # warm up
-            self.run(op, 1)
-
-    def run(self, op: str, rounds: int) -> None:
-        """*rounds* rounds of *op*, each waited for (its responses and its UPDATEs)."""
-        chains, updates = self.rounds[op]
-        chains.run(rounds, self.display, updates)
-
-    def cpu_seconds(self) -> float:
-        return cpu_seconds(self.proc.pid)
-
-    def close(self) -> None:
-        self.display.close()
-        self.fe.close()
-        self.proc.terminate()
-        try:
-            self.proc.wait(5)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
+        self.warm_up()
 
 
 @pytest.fixture(scope="module")

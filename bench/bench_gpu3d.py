@@ -26,7 +26,7 @@ import time
 from pathlib import Path
 
 import pytest
-from cfrontend import CDisplay, CRounds, available, cpu_seconds
+from cfrontend import CRounds, GpuRig, available
 
 from vhostsuite.core.virtio import bit
 from vhostsuite.devices.gpu import renderer_works
@@ -52,18 +52,13 @@ def _submit(stream: bytes) -> bytes:
     return hdr(W.VIRTIO_GPU_CMD_SUBMIT_3D, FENCE, 1, CTX) + W.CMD_SUBMIT.pack(len(stream), 0) + stream
 
 
-class Rig3D:
+class Rig3D(GpuRig):
     """Our back-end with --virgl: a context, a 1920x1080 3D render target on the scanout with a
     backing, a vertex buffer, and a 2D frame resource for scale."""
 
     def __init__(self, tmp: str) -> None:
-        path = os.path.join(tmp, "ours3d.sock")
-        argv = [sys.executable, str(ROOT / "bin/vhost-user-gpu"), "--virgl", f"--socket-path={path}"]
-        self.proc = subprocess.Popen(argv, env=ENV, stderr=subprocess.DEVNULL)
-        self.fe = Frontend.connect(path, timeout=10, ram=GuestRam(96 << 20))
-        self.display = CDisplay(W_, H_)
-        self.drv: GpuDriver = open_gpu(self.fe, self.display, sizes=(256, 16))
-        self.drv.timeout = 10
+        argv = [sys.executable, str(ROOT / "bin/vhost-user-gpu"), "--virgl"]
+        super().__init__(argv, os.path.join(tmp, "ours3d.sock"), ENV, 96 << 20, W_, H_)
         d = self.drv
 
         def ok(cmd: bytes) -> None:
@@ -99,21 +94,7 @@ class Rig3D:
             "frame_2d": (CRounds(ctrl, [(GpuDriver.transfer_cmd(FRAME2D, 0, 0, W_, H_, 0), 24, OK),
                                         (GpuDriver.flush_cmd(FRAME2D, 0, 0, W_, H_), 24, OK)]), 1),  # fmt: skip
         }
-        for op in self.rounds:  # warm up
-            self.run(op, 1)
-
-    def run(self, op: str, rounds: int) -> None:
-        chains, updates = self.rounds[op]
-        chains.run(rounds, self.display, updates)
-
-    def cpu_seconds(self) -> float:
-        return cpu_seconds(self.proc.pid)
-
-    def close(self) -> None:
-        self.display.close()
-        self.fe.close()
-        self.proc.terminate()
-        self.proc.wait(5)
+        self.warm_up()
 
 
 @pytest.fixture(scope="module")

@@ -21,8 +21,8 @@ from pathlib import Path
 
 from vhostsuite.core.virtio import VRING_DESC_F_NEXT, VRING_DESC_F_WRITE
 from vhostsuite.devices.gpu import wire as W
-from vhostsuite.testing.frontend import DriverQueue, Frontend
-from vhostsuite.testing.frontend_gpu import set_socket
+from vhostsuite.testing.frontend import DriverQueue, Frontend, GuestRam
+from vhostsuite.testing.frontend_gpu import GpuDriver, open_gpu, set_socket
 
 SOURCE = Path(__file__).with_name("cfrontend.c")
 #: The display protocol's numbers the C side needs, from their one home.
@@ -180,3 +180,41 @@ class CRounds:
 
     def close(self) -> None:
         self._pins.clear()
+
+
+class GpuRig:
+    """One vhost-user-gpu process started with *argv* (``--socket-path`` added), connected with
+    *ram* bytes of guest RAM, a :class:`CDisplay` of *width* x *height* and the GPU driver
+    (:func:`~vhostsuite.testing.frontend_gpu.open_gpu`). The set-up uses the Python test
+    front-end; the subclass names its measured rounds in ``self.rounds``: op -> (CRounds,
+    UPDATEs per round)."""
+
+    def __init__(self, argv: list[str], path: str, env: dict[str, str], ram: int, width: int, height: int) -> None:
+        self.proc = subprocess.Popen([*argv, f"--socket-path={path}"], env=env, stderr=subprocess.DEVNULL)
+        self.fe = Frontend.connect(path, timeout=10, ram=GuestRam(ram))
+        self.display = CDisplay(width, height)
+        self.drv: GpuDriver = open_gpu(self.fe, self.display, sizes=(256, 16))  # QEMU: 256
+        self.drv.timeout = 10
+        self.rounds: dict[str, tuple[CRounds, int]] = {}
+
+    def warm_up(self) -> None:
+        for op in self.rounds:
+            self.run(op, 1)
+
+    def run(self, op: str, rounds: int) -> None:
+        """*rounds* rounds of *op*, each waited for (its responses and its UPDATEs)."""
+        chains, updates = self.rounds[op]
+        chains.run(rounds, self.display, updates)
+
+    def cpu_seconds(self) -> float:
+        return cpu_seconds(self.proc.pid)
+
+    def close(self) -> None:
+        self.display.close()
+        self.fe.close()
+        self.proc.terminate()
+        try:
+            self.proc.wait(5)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
