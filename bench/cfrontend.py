@@ -214,7 +214,7 @@ class GpuRig:
         self.fe.close()
         self.proc.terminate()
         try:
-            self.proc.wait(5)
+            self.proc.wait(60)
         except subprocess.TimeoutExpired:
             self.proc.kill()
             self.proc.wait()

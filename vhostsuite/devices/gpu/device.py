@@ -227,47 +227,36 @@ class GpuDevice(Device):
         self.scanouts.resource_destroyed(res)
 
     # -- commands that ask the display ----------------------------------------------------------
-    def _ask(self, send: Callable[[ReplyCallback], bool], answer: Callable[[bytes | None], K.Reply],
+    def _ask(self, ask: Callable[[float, ReplyCallback], bytes | None], answer: Callable[[bytes | None], K.Reply],
              hdr: K.Header, chain: Chain) -> Response:  # fmt: skip
-        """Ask the display with *send*; the command (*hdr*, *chain*) is answered with
-        ``answer(reply or None)``, now if the reply comes within :data:`SYNC_WAIT`, else later
-        (PENDING)."""
-        waiting = True
-        replied = False
-        result: bytes | None = None
+        """Ask the display with ``ask(wait, late)``; the command (*hdr*, *chain*) is answered with
+        ``answer(reply or None)``: now if the reply comes within :data:`SYNC_WAIT` (the first
+        question of a batch waits; later ones don't), else later (PENDING)."""
 
-        def got(reply: bytes | None) -> None:
-            nonlocal replied, result
-            if waiting:
-                replied, result = True, reply
-                return
+        def late(reply: bytes | None) -> None:
             # False when the ring stopped meanwhile: the command is popped again and asks again.
             self.ctx.complete(CONTROL_QUEUE, chain, K.encode(hdr, answer(reply)))
 
-        display = self.display
-        if display is None or not send(got):
-            return answer(None)
-        if not self._batch_waited:
-            self._batch_waited = True
-            display.wait(lambda: replied, SYNC_WAIT)
-        waiting = False
-        if replied:
-            return answer(result)
-        return PENDING
+        wait = 0.0 if self._batch_waited else SYNC_WAIT
+        self._batch_waited = True
+        reply = ask(wait, late)
+        return PENDING if reply is PENDING else answer(reply)
 
     def _get_display_info(self, cmd: K.GetDisplayInfo, hdr: K.Header, chain: Chain) -> Response:
-        if self._batch_display_info is not None:
-            return self._batch_display_info
-
-        def answer(reply: bytes | None) -> K.Reply:
-            if reply is not None:
-                self._display_body = reply[W.CTRL_HDR.size : W.RESP_DISPLAY_INFO_SIZE]
-            return K.Reply(W.VIRTIO_GPU_RESP_OK_DISPLAY_INFO, self._default_display_body())
-
-        reply = self._ask(lambda got: self.display.get_display_info(got), answer, hdr, chain)
-        if reply is not PENDING:
-            self._batch_display_info = reply
+        reply = self._batch_display_info
+        if reply is None:
+            display = self.display
+            if display is None:
+                return self._display_info(None)
+            reply = self._ask(display.get_display_info, self._display_info, hdr, chain)
+            if reply is not PENDING:
+                self._batch_display_info = reply
         return reply
+
+    def _display_info(self, reply: bytes | None) -> K.Reply:
+        if reply is not None:
+            self._display_body = reply[W.CTRL_HDR.size : W.RESP_DISPLAY_INFO_SIZE]
+        return K.Reply(W.VIRTIO_GPU_RESP_OK_DISPLAY_INFO, self._default_display_body())
 
     def _get_edid(self, cmd: K.GetEdid, hdr: K.Header, chain: Chain) -> Response:
         if not self.acked_features & bit(W.VIRTIO_GPU_F_EDID):
@@ -286,7 +275,10 @@ class GpuDevice(Device):
             w, h = self._mode(scanout)
             return _edid_reply(edid.generate(w, h, serial=scanout))
 
-        return self._ask(lambda got: self.display.get_edid(scanout, got), answer, hdr, chain)
+        display = self.display
+        if display is None:
+            return answer(None)
+        return self._ask(lambda wait, late: display.get_edid(scanout, wait, late), answer, hdr, chain)
 
     def _default_display_body(self) -> bytes:
         if self._display_body is not None:

@@ -22,9 +22,10 @@ loop for long:
   :attr:`~.resources.Resource.shared`) goes to the kernel by reference, vmsplice(2) into a pipe
   and splice(2) into the socket, instead of being copied into it: a 1080p frame costs the
   back-end ~0.2 ms of system time instead of ~0.9 ms;
-* :meth:`DisplayChannel.wait` lets a caller wait, for a bounded short time, for a reply that
+* :meth:`DisplayChannel.ask` lets a caller wait, for a bounded short time, for a reply that
   a responsive display sends within microseconds (QEMU answers GET_DISPLAY_INFO at once),
-  instead of going back to the loop and sleeping twice.
+  instead of going back to the loop and sleeping twice; only a reply that is late gets a
+  timer and a callback.
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ import time
 from collections import deque
 from collections.abc import Callable
 
+from ...core.device import PENDING
 from ...core.loop import Loop
 from . import pixels
 from . import wire as W
@@ -75,7 +77,7 @@ ReplyCallback = Callable[[bytes | None], None]
 class _Waiter:
     __slots__ = ("request", "size", "callback", "timer")
 
-    def __init__(self, request: int, size: int, callback: ReplyCallback, timer: int) -> None:
+    def __init__(self, request: int, size: int, callback: ReplyCallback, timer: int | None) -> None:
         self.request = request
         self.size = size
         self.callback = callback
@@ -203,15 +205,17 @@ class DisplayChannel:
         head = W.GPU_CURSOR_UPDATE_HEAD.pack(scanout_id, x, y, hot_x, hot_y)
         return self.send(W.VHOST_USER_GPU_CURSOR_UPDATE, head, image)
 
-    def get_display_info(self, callback: ReplyCallback) -> bool:
-        """GET_DISPLAY_INFO: *callback* gets the virtio_gpu_resp_display_info payload or None."""
-        return self.request(W.VHOST_USER_GPU_GET_DISPLAY_INFO, b"", W.RESP_DISPLAY_INFO_SIZE, callback)
+    def get_display_info(self, wait: float, late: ReplyCallback) -> bytes | None:
+        """GET_DISPLAY_INFO, :meth:`ask`'d: the virtio_gpu_resp_display_info payload, None or PENDING."""
+        return self.ask(W.VHOST_USER_GPU_GET_DISPLAY_INFO, b"", W.RESP_DISPLAY_INFO_SIZE, wait, late)
 
-    def get_edid(self, scanout_id: int, callback: ReplyCallback) -> bool:
-        """GET_EDID (only with the EDID protocol feature): *callback* gets the virtio_gpu_resp_edid payload or None."""
+    def get_edid(self, scanout_id: int, wait: float, late: ReplyCallback) -> bytes | None:
+        """GET_EDID, :meth:`ask`'d (None without the EDID protocol feature): the
+        virtio_gpu_resp_edid payload, None or PENDING."""
         if not self.has_feature(W.VHOST_USER_GPU_PROTOCOL_F_EDID):
-            return False
-        return self.request(W.VHOST_USER_GPU_GET_EDID, W.GPU_EDID_REQUEST.pack(scanout_id), W.RESP_EDID_SIZE, callback)
+            return None
+        payload = W.GPU_EDID_REQUEST.pack(scanout_id)
+        return self.ask(W.VHOST_USER_GPU_GET_EDID, payload, W.RESP_EDID_SIZE, wait, late)
 
     def has_feature(self, bit: int) -> bool:
         return bool((self.protocol_features or 0) & (1 << bit))
@@ -256,6 +260,21 @@ class DisplayChannel:
             self._held_bytes += size + W.GPU_HEADER.size + PART_COST * len(views)
             return self._check_queued()
         return self._send_views(views, f"message {request}")
+
+    def _send_now(self, data: bytes, request: int) -> bool:
+        """A small message when nothing waits before it: one send(2) (a request, whose reply
+        the caller may wait for at once). What the socket does not take is queued."""
+        try:
+            sent = self.sock.send(data)
+        except (BlockingIOError, InterruptedError):
+            sent = 0
+        except OSError as e:
+            log.error("display: sending message %d failed (%s); closing the display socket", request, e)
+            self._lost()
+            return False
+        if sent == len(data):
+            return True
+        return self._send_views([memoryview(data)[sent:]], f"message {request}")
 
     def _send_views(self, parts: list[memoryview | _Pages], what: str) -> bool:
         """Queue *parts* and send what the socket takes now; the rest goes when it is writable."""
@@ -399,36 +418,60 @@ class DisplayChannel:
         False if no reply can be waited for (closed, the send failed, or the peer is
         unresponsive): *callback* is then never called.
         """
-        if self.closed or (self.unresponsive and len(self._waiters.get(request, ())) >= _MAX_ABANDONED):
+        w = self._send_request(request, payload, reply_size, callback)
+        if w is None:
             return False
-        if not self.send(request, payload):
-            return False
-        timer = self.loop.call_later(self.timeout, lambda: self._timed_out(request))
-        w = _Waiter(request, reply_size, callback, timer)
-        self._waiters.setdefault(request, deque()).append(w)
-        if self.unresponsive:
-            # Don't make the guest wait again; a late reply is matched and dropped.
-            self.loop.cancel(w.timer)
-            w.callback = _ignore
-            return False
+        w.timer = self.loop.call_later(self.timeout, lambda: self._timed_out(request))
         return True
 
-    def wait(self, done: Callable[[], bool], timeout: float) -> None:
-        """Send what is held, then handle what the display sends until ``done()`` or *timeout*
-        seconds (blocking the loop: keep it short). Replies dispatched here reach their
-        callbacks as they would from the loop."""
-        self.flush_output()
-        if self.closed or self._out or self._in_pipe:  # the socket is full: the reply can't be near
-            return
-        if self._poll is None:
-            self._poll = select.poll()
-            self._poll.register(self.sock.fileno(), select.POLLIN)
-        deadline = time.monotonic() + timeout
-        while not done() and not self.closed:
-            left = deadline - time.monotonic()
-            if left <= 0 or not self._poll.poll(left * 1000):
-                return
-            self._on_readable()
+    def ask(self, request: int, payload: bytes, reply_size: int, wait: float, late: ReplyCallback) -> bytes | None:
+        """Send *request* and wait up to *wait* seconds (blocking the loop: keep it short) for
+        its reply, which a responsive display sends within microseconds: its payload, or None
+        if it came as a failure (hang-up, short reply) or no reply can be waited for. When it
+        does not come in time, :data:`PENDING`, and *late* gets it as :meth:`request`'s callback
+        would. Held output goes first; what follows is gathered again."""
+        if self._held:
+            views, self._held, self._held_bytes = self._held, [], 0
+            self._send_views(views, "held messages")
+        got: list[bytes | None] = []
+        w = self._send_request(request, payload, reply_size, got.append)
+        if w is None:
+            return None
+        if wait > 0 and not (self._out or self._in_pipe):  # a full socket: the reply can't be near
+            if self._poll is None:
+                self._poll = select.poll()
+                self._poll.register(self.sock.fileno(), select.POLLIN)
+            deadline = time.monotonic() + wait
+            while not got and not self.closed:
+                left = deadline - time.monotonic()
+                if left <= 0 or not self._poll.poll(left * 1000):
+                    break
+                self._on_readable()
+        if got:
+            return got[0]
+        if self.closed:
+            return None
+        w.callback = late
+        w.timer = self.loop.call_later(self.timeout, lambda: self._timed_out(request))
+        return PENDING
+
+    def _send_request(self, request: int, payload: bytes, reply_size: int, callback: ReplyCallback) -> _Waiter | None:
+        """Send *request* and register the waiter for its reply (no timer yet); None if no
+        reply can be waited for."""
+        if self.closed or (self.unresponsive and len(self._waiters.get(request, ())) >= _MAX_ABANDONED):
+            return None
+        if self._held or self._out or self._in_pipe:
+            if not self.send(request, payload):  # behind what waits, in order
+                return None
+        elif not self._send_now(W.GPU_HEADER.pack(request, 0, len(payload)) + payload, request):
+            return None
+        if self.unresponsive:
+            # Don't make the guest wait again; a late reply is matched and dropped.
+            self._waiters.setdefault(request, deque()).append(_Waiter(request, reply_size, _ignore, None))
+            return None
+        w = _Waiter(request, reply_size, callback, None)
+        self._waiters.setdefault(request, deque()).append(w)
+        return w
 
     def _timed_out(self, request: int) -> None:
         q = self._waiters.get(request)
@@ -474,7 +517,8 @@ class DisplayChannel:
             log.warning("display: unexpected message %d flags %#x size %d", request, flags, len(payload))
             return
         w = q.popleft()
-        self.loop.cancel(w.timer)
+        if w.timer is not None:
+            self.loop.cancel(w.timer)
         if not any(self._waiters.values()):
             self.unresponsive = False
         if len(payload) < w.size:
