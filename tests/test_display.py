@@ -95,3 +95,34 @@ def test_a_socket_that_takes_part_gets_the_rest_in_order_whatever_way_each_part_
     assert got == sent
     ch.close()
     peer.close()
+
+
+def test_replies_in_pieces_and_together_reach_their_askers_in_order() -> None:
+    """Replies split at every byte, and several in one read, are matched to their requests in
+    order; a reply the asker waited for is returned by ask(), a late one reaches its callback."""
+    ch, peer, loop, lost = channel()
+    infos = [bytes([i]) * W.RESP_DISPLAY_INFO_SIZE for i in range(1, 5)]
+
+    def reply(body: bytes) -> bytes:
+        return W.GPU_HEADER.pack(W.VHOST_USER_GPU_GET_DISPLAY_INFO, W.VHOST_USER_GPU_MSG_FLAG_REPLY, len(body)) + body
+
+    late: list[bytes | None] = []
+    # no wait: each question is pending, answered from the loop as its reply comes
+    for _ in infos[:3]:
+        assert ch.get_display_info(0.0, late.append) is not None  # PENDING, not "can't be asked"
+    for _ in range(3):
+        assert len(recv_exact(peer, W.GPU_HEADER.size)) == W.GPU_HEADER.size
+    wire = reply(infos[0]) + reply(infos[1])  # the first split at every byte, then two in one write
+    for i in range(len(reply(infos[0]))):
+        peer.send(wire[i : i + 1])
+        ch._on_readable()
+    assert late == [infos[0]]
+    peer.send(wire[len(reply(infos[0])) :] + reply(infos[2]))
+    ch._on_readable()
+    assert late == infos[:3]
+    # a question waited for gets its reply from ask() itself, the callback is not called
+    threading.Timer(0.01, lambda: peer.send(reply(infos[3]))).start()
+    assert ch.get_display_info(1.0, late.append) == infos[3]
+    assert late == infos[:3] and not lost
+    ch.close()
+    loop.close()

@@ -200,10 +200,13 @@ def drain_eventfd(fd: int) -> None:
         pass
 
 
+_ONE = (1).to_bytes(8, "little")
+
+
 def signal_eventfd(fd: int) -> bool:
     """Write one notification to an eventfd; False if the fd is gone."""
     try:
-        os.write(fd, (1).to_bytes(8, "little"))
+        os.write(fd, _ONE)
         return True
     except BlockingIOError:
         return True  # counter saturated: a notification is pending anyway

@@ -55,6 +55,8 @@ SYNC_WAIT = 0.001
 _decode_control = K.decode_control
 _encode = K.encode
 _Reply = K.Reply
+_new = tuple.__new__
+_HDR_SIZE = W.CTRL_HDR.size
 
 
 class GpuDevice(Device):
@@ -255,8 +257,8 @@ class GpuDevice(Device):
 
     def _display_info(self, reply: bytes | None) -> K.Reply:
         if reply is not None:
-            self._display_body = reply[W.CTRL_HDR.size : W.RESP_DISPLAY_INFO_SIZE]
-        return K.Reply(W.VIRTIO_GPU_RESP_OK_DISPLAY_INFO, self._default_display_body())
+            self._display_body = reply[_HDR_SIZE:]
+        return _new(_Reply, (W.VIRTIO_GPU_RESP_OK_DISPLAY_INFO, self._default_display_body()))
 
     def _get_edid(self, cmd: K.GetEdid, hdr: K.Header, chain: Chain) -> Response:
         if not self.acked_features & bit(W.VIRTIO_GPU_F_EDID):

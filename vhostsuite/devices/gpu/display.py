@@ -70,6 +70,8 @@ _MAX_REPLY = 64 * 1024
 
 #: While the peer is unresponsive, at most this many unanswered requests of one kind are kept.
 _MAX_ABANDONED = 16
+_HEAD = W.GPU_HEADER.size
+_unpack_head = W.GPU_HEADER.unpack_from
 
 ReplyCallback = Callable[[bytes | None], None]
 
@@ -495,21 +497,29 @@ class DisplayChannel:
             log.info("display socket closed by the front-end")
             self._lost()
             return
-        self._rbuf += data
-        while len(self._rbuf) >= W.GPU_HEADER.size:
-            request, flags, size = W.GPU_HEADER.unpack_from(self._rbuf)
+        # Messages are parsed straight from what was read; only a message's unfinished tail is
+        # kept (in _rbuf) for the next read.
+        if self._rbuf:
+            self._rbuf += data
+            data = bytes(self._rbuf)
+        start, n = 0, len(data)
+        while n - start >= _HEAD:
+            request, flags, size = _unpack_head(data, start)
             if size > _MAX_REPLY:
                 log.error("display: message %d of %d bytes; closing the display socket", request, size)
                 self._lost()
                 return
-            end = W.GPU_HEADER.size + size
-            if len(self._rbuf) < end:
+            end = start + _HEAD + size
+            if n < end:
                 break
-            payload = bytes(self._rbuf[W.GPU_HEADER.size : end])
-            del self._rbuf[:end]
-            self._dispatch(request, flags, payload)
+            self._dispatch(request, flags, data[start + _HEAD : end])
             if self.closed:
                 return
+            start = end
+        if start < n:
+            self._rbuf = bytearray(data[start:])
+        elif self._rbuf:
+            self._rbuf.clear()
 
     def _dispatch(self, request: int, flags: int, payload: bytes) -> None:
         q = self._waiters.get(request)
@@ -519,13 +529,15 @@ class DisplayChannel:
         w = q.popleft()
         if w.timer is not None:
             self.loop.cancel(w.timer)
-        if not any(self._waiters.values()):
+        if self.unresponsive and not any(self._waiters.values()):
             self.unresponsive = False
-        if len(payload) < w.size:
-            log.warning("display: reply %d of %d bytes, expected %d", request, len(payload), w.size)
-            w.callback(None)
-            return
-        w.callback(payload[: w.size])
+        if len(payload) != w.size:
+            if len(payload) < w.size:
+                log.warning("display: reply %d of %d bytes, expected %d", request, len(payload), w.size)
+                w.callback(None)
+                return
+            payload = payload[: w.size]
+        w.callback(payload)
 
     # -- end ------------------------------------------------------------------------------
     def _fail_waiters(self) -> None:
