@@ -126,3 +126,24 @@ def test_replies_in_pieces_and_together_reach_their_askers_in_order() -> None:
     assert late == infos[:3] and not lost
     ch.close()
     loop.close()
+
+
+def test_small_messages_of_a_batch_go_in_one_part_and_in_order() -> None:
+    """Small messages held for a batch are copied into one buffer (one part for the socket,
+    not two each); a large one between them keeps its place; all arrive whole and in order."""
+    ch, peer, loop, lost = channel()
+    ch.hold_output()
+    for i in range(16):
+        ch.update(0, i, 0, 1, 1, memoryview(bytes([i]) * 4))
+    big = memoryview(bytes(range(256)) * 64)  # 16 KiB: a part of its own
+    ch.update(0, 0, 1, 64, 64, big)
+    ch.update(0, 99, 0, 1, 1, memoryview(b"\x63" * 4))
+    assert len(ch._held) == 4  # the 16 small ones, the big one's head and pixels, the last small one
+    ch.flush_output()
+    for i in range(16):
+        assert read_update(peer) == ((0, i, 0, 1, 1), bytes([i]) * 4)
+    assert read_update(peer) == ((0, 0, 1, 64, 64), bytes(big))
+    assert read_update(peer) == ((0, 99, 0, 1, 1), b"\x63" * 4)
+    assert not lost and not ch.output_waiting
+    ch.close()
+    loop.close()

@@ -59,6 +59,9 @@ SNDBUF = 8 << 20
 #: Parts at least this large, of memory that stays mapped, go by reference (vmsplice + splice):
 #: below it the two extra system calls cost more than the copy.
 BY_REFERENCE_MIN = 256 * 1024
+#: Messages at most this large sent while output is held are copied into one buffer: a part
+#: costs more to queue and send than copying a few KiB.
+SMALL_MESSAGE = 4096
 #: The pipe the pages go through (the kernel's default is 64 KiB: 16 round trips per MiB).
 PIPE_SIZE = 1 << 20
 
@@ -123,6 +126,9 @@ class DisplayChannel:
         #: Messages gathered while output is held (None: not held), sent by flush_output().
         self._held: list[memoryview | _Pages] | None = None
         self._held_bytes = 0
+        #: The last held part when it is a buffer small messages are copied into (None: the
+        #: next small message starts one): sixteen small UPDATEs go as one part, not 32.
+        self._held_tail: bytearray | None = None
         self._poll: select.poll | None = None
         #: The pipe pages go through (read end, write end), made at the first large part; its
         #: size; the bytes in it (they go before the output queue). (splice(2) into a UNIX
@@ -186,11 +192,15 @@ class DisplayChannel:
         if self.closed:
             return False
         n = pix.nbytes
-        head = memoryview(_UPDATE_HEAD(W.VHOST_USER_GPU_UPDATE, 0, W.GPU_UPDATE_HEAD.size + n,
-                                       scanout_id, x, y, width, height))  # fmt: skip
-        part = _Pages(pix) if shared and n >= BY_REFERENCE_MIN and self._by_reference else pix
+        head = _UPDATE_HEAD(W.VHOST_USER_GPU_UPDATE, 0, W.GPU_UPDATE_HEAD.size + n, scanout_id, x, y, width, height)
         held = self._held
+        if held is not None and n <= SMALL_MESSAGE:
+            self._hold_small(head, pix)
+            return self._check_queued()
+        head = memoryview(head)
+        part = _Pages(pix) if shared and n >= BY_REFERENCE_MIN and self._by_reference else pix
         if held is not None:
+            self._held_tail = None
             held.append(head)
             held.append(part)
             self._held_bytes += _UPDATE_HEAD_SIZE + n + 2 * PART_COST
@@ -237,8 +247,20 @@ class DisplayChannel:
         """Send what was gathered since :meth:`hold_output`, and stop gathering."""
         views, self._held = self._held, None
         self._held_bytes = 0
+        self._held_tail = None
         if views and not self.closed:
             self._send_views(views, "held messages")
+
+    def _hold_small(self, *parts: bytes | memoryview) -> None:
+        """Copy a small message's *parts* into the held buffer at the end of what is held."""
+        buf = self._held_tail
+        if buf is None:
+            buf = self._held_tail = bytearray()
+            self._held.append(buf)
+        size = len(buf)
+        for p in parts:
+            buf += p
+        self._held_bytes += len(buf) - size + (PART_COST if size == 0 else 0)
 
     def send(self, request: int, *parts: bytes | memoryview) -> bool:
         """Send one message (header + *parts*) without blocking; False if the channel is (now) closed.
@@ -254,10 +276,15 @@ class DisplayChannel:
         size = 0
         for p in parts:
             size += p.nbytes if isinstance(p, memoryview) else len(p)
-        views = [memoryview(W.GPU_HEADER.pack(request, 0, size))]
-        views += [memoryview(p).cast("B") for p in parts if len(p)]
+        head = W.GPU_HEADER.pack(request, 0, size)
         held = self._held
+        if held is not None and size <= SMALL_MESSAGE:
+            self._hold_small(head, *parts)
+            return self._check_queued()
+        views = [memoryview(head)]
+        views += [memoryview(p).cast("B") for p in parts if len(p)]
         if held is not None:
+            self._held_tail = None
             held += views
             self._held_bytes += size + W.GPU_HEADER.size + PART_COST * len(views)
             return self._check_queued()
@@ -433,7 +460,7 @@ class DisplayChannel:
         does not come in time, :data:`PENDING`, and *late* gets it as :meth:`request`'s callback
         would. Held output goes first; what follows is gathered again."""
         if self._held:
-            views, self._held, self._held_bytes = self._held, [], 0
+            views, self._held, self._held_bytes, self._held_tail = self._held, [], 0, None
             self._send_views(views, "held messages")
         got: list[bytes | None] = []
         w = self._send_request(request, payload, reply_size, got.append)
@@ -565,6 +592,7 @@ class DisplayChannel:
         self._out_bytes = 0
         self._held = None
         self._held_bytes = 0
+        self._held_tail = None
         self._close_pipe()
         self.sock.close()
         self._fail_waiters()

@@ -109,8 +109,14 @@ class Scanouts:
                 res.show(self.resources, x, y, w, h)
             for sid in shown if len(shown) == 1 else sorted(shown):
                 sc = self.outputs[sid]
-                x0, y0 = max(x, sc.x), max(y, sc.y)
-                x1, y1 = min(x + w, sc.x + sc.width), min(y + h, sc.y + sc.height)
+                # the flushed rectangle within the scanout's (conditionals: min/max cost 4x)
+                sx, sy = sc.x, sc.y
+                x0 = x if x > sx else sx
+                y0 = y if y > sy else sy
+                x1, sx1 = x + w, sx + sc.width
+                y1, sy1 = y + h, sy + sc.height
+                x1 = x1 if x1 < sx1 else sx1
+                y1 = y1 if y1 < sy1 else sy1
                 if x1 > x0 and y1 > y0:
                     self._update(sid, sc, res, x0, y0, x1 - x0, y1 - y0)
         return K.OK_NODATA
