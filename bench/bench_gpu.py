@@ -54,9 +54,10 @@ class Rig(GpuRig):
     """One back-end, its display and a 1920x1080 scanout + a small off-screen resource; every
     measured round runs in the C front-end (:mod:`cfrontend`)."""
 
-    def __init__(self, name: str, tmp: str) -> None:
+    def __init__(self, name: str, tmp: str, prefix: tuple[str, ...] = ()) -> None:
+        """*prefix*: what runs the back-end (valgrind, for bench_gpu_instructions)."""
         self.name = name
-        super().__init__(BACKENDS[name], os.path.join(tmp, f"{name}.sock"), ENV, 64 << 20, W_, H_)
+        super().__init__([*prefix, *BACKENDS[name]], os.path.join(tmp, f"{name}.sock"), ENV, 64 << 20, W_, H_)
         frame = bytes(range(256)) * (W_ * H_ * 4 // 256)
         self.backing = self.drv.make_resource(1, BGRX, W_, H_, frame, scatter=True)
         assert self.drv.set_scanout(0, 1, 0, 0, W_, H_) == OK
