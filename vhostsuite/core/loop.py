@@ -135,13 +135,16 @@ class Loop:
         """Dispatch until :meth:`stop`."""
         self._running = True
         while self._running:
-            timeout = None
+            # Every turn of a busy back-end passes here: conditionals, not max() or a range().
+            timeout = -1
             if self._soon:
-                timeout = 0.0
+                timeout = 0
             elif self._timers:
-                timeout = max(0.0, self._timers[0][0] - time.monotonic())
+                timeout = self._timers[0][0] - time.monotonic()
+                if timeout < 0:
+                    timeout = 0
             handlers = self._handlers
-            for fd, events in self._ep.poll(-1 if timeout is None else timeout):
+            for fd, events in self._ep.poll(timeout):
                 current = handlers.get(fd)
                 if current is None:  # removed by an earlier callback of this turn
                     continue
@@ -157,7 +160,7 @@ class Loop:
                         self._call(writer)
                         if not self._running:
                             return
-            now = time.monotonic()
+            now = time.monotonic() if self._timers else 0.0
             while self._timers and self._timers[0][0] <= now:
                 _, handle, cb = heapq.heappop(self._timers)
                 if handle in self._cancelled:
@@ -166,10 +169,11 @@ class Loop:
                 self._call(cb)
                 if not self._running:
                     return
-            for _ in range(len(self._soon)):
-                self._call(self._soon.popleft())
-                if not self._running:
-                    return
+            if self._soon:
+                for _ in range(len(self._soon)):
+                    self._call(self._soon.popleft())
+                    if not self._running:
+                        return
 
     def close(self) -> None:
         self._ep.close()
