@@ -18,6 +18,7 @@ import pytest
 
 from tests.conftest import child_env, program
 from vhostsuite.core import protocol as P
+from vhostsuite.core.guestlog import BURST
 from vhostsuite.core.virtio import bit
 from vhostsuite.devices.gpu import renderer_works, virgl
 from vhostsuite.devices.gpu import wire as W
@@ -395,3 +396,22 @@ def test_virgl_without_the_renderer_fails_early(tmp_path) -> None:  # noqa: ANN0
                          capture_output=True, text=True, timeout=30)  # fmt: skip
     assert out.returncode != 0 and "3D is not available" in out.stderr
     assert not (tmp_path / "s").exists()
+
+
+@needs_virgl
+def test_what_the_renderer_writes_to_stderr_is_rate_limited(g3d) -> None:  # noqa: ANN001
+    """virglrenderer prints some faults of a stream with fprintf(stderr), past its log callback:
+    a SEND_STRING_MARKER whose string is longer than the command, 300 times, must not make 300
+    lines. They go through the guest-message rate limit, under our prefix."""
+    g = g3d("-v")
+    assert g.ctx_create(1) == OK
+    marker = S.encode([S.header(S.CCMD_SEND_STRING_MARKER, 0, 4), 0xF0000000, 0, 0, 0])
+    for _ in range(300):
+        assert resp_type(g.submit(1, marker)) in (OK, BAD_PARAM)
+    assert resp_type(g.submit(1, S.encode(S.clear(0, 0, 0)))) == OK  # still serving
+    err = g.be.stderr()
+    raw = [line for line in err.splitlines() if "String len" in line]
+    assert raw, err[-2000:]  # the renderer did complain, here and in the check below
+    assert len(raw) <= BURST + 2, "\n".join(raw[:20])
+    assert all(line.startswith("vhost-user-gpu: INFO: virglrenderer: ") for line in raw), raw[:3]
+    assert "more 'virglrenderer-stderr' messages are counted" in err

@@ -5,12 +5,22 @@ The first :data:`BURST` warnings of each kind are logged as they come; after tha
 line per :data:`INTERVAL` seconds per kind says how many were left out and shows the latest.
 Kinds are fixed names in the code (never values from the guest), so the bookkeeping is bounded.
 With debug logging on (``-vv``) every warning is logged.
+
+:class:`StderrCapture` puts what compiled libraries write straight to stderr under the same
+rule.
 """
 
 from __future__ import annotations
 
 import logging
+import os
+import sys
 import time
+
+#: typing.TYPE_CHECKING without importing typing (every start pays for it otherwise).
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from .loop import Loop
 
 BURST = 5
 INTERVAL = 5.0
@@ -54,3 +64,65 @@ class GuestLog:
             self.log.log(level, summary, state[1], kind, now - state[2], *args)
             state[1] = 0
             state[2] = now
+
+
+class StderrCapture:
+    """What compiled libraries of this process write to stderr, read from a pipe on the loop and
+    logged as one :class:`GuestLog` *kind*, each line after *prefix*.
+
+    virglrenderer and Mesa report some faults of a guest's command streams with
+    ``fprintf(stderr)`` (beside the log callback they also have): one line per bad command, as
+    often as the guest likes. While the capture is on, fd 2 is the write end of a
+    non-blocking pipe, so such a write never blocks the loop's thread (with the pipe full, the
+    library's message is dropped); Python's own output (logging, ``sys.stderr``, faulthandler)
+    goes on to a copy of the real stderr, as it was.
+    """
+
+    #: The longest line logged, and the longest unfinished line kept between reads.
+    MAX_LINE = 1024
+    #: What one wake-up reads.
+    READ = 64 * 1024
+
+    def __init__(self, loop: Loop, log: GuestLog, kind: str, prefix: str) -> None:
+        import faulthandler
+
+        self.loop, self.log, self.kind, self.prefix = loop, log, kind, prefix
+        self._tail = b""
+        self._real = os.dup(2)
+        stream = open(self._real, "w", buffering=1, encoding=sys.stderr.encoding,  # noqa: SIM115 - lives with the process
+                      errors="backslashreplace", closefd=False)  # fmt: skip
+        for handler in logging.getLogger().handlers:
+            if isinstance(handler, logging.StreamHandler) and handler.stream is sys.stderr:
+                handler.setStream(stream)
+        sys.stderr = stream
+        if faulthandler.is_enabled():
+            faulthandler.enable(stream)
+        self._read_fd, write_fd = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        os.dup2(write_fd, 2)
+        os.close(write_fd)
+        loop.add_reader(self._read_fd, self._drain)
+
+    def _drain(self) -> None:
+        try:
+            data = os.read(self._read_fd, self.READ)
+        except OSError:  # nothing there (EAGAIN): another wake-up took it
+            return
+        lines = (self._tail + data).split(b"\n")
+        self._tail = lines.pop()
+        if len(self._tail) > self.MAX_LINE:  # no newline in sight: log what there is
+            lines.append(self._tail)
+            self._tail = b""
+        for line in lines:
+            text = line[: self.MAX_LINE].decode("utf-8", "replace").rstrip()
+            if text:
+                self.log.info(self.kind, "%s%s", self.prefix, text)
+
+    def close(self) -> None:
+        """fd 2 is the real stderr again; what waited in the pipe is logged first."""
+        if self._read_fd < 0:
+            return
+        self._drain()
+        self.loop.remove_reader(self._read_fd)
+        os.dup2(self._real, 2)
+        os.close(self._read_fd)
+        self._read_fd = -1

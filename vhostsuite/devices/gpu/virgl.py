@@ -34,7 +34,7 @@ from collections.abc import Callable
 
 from ...core.device import PENDING
 from ...core.errors import GuestMemoryError
-from ...core.guestlog import GuestLog
+from ...core.guestlog import GuestLog, StderrCapture
 from . import commands as K
 from . import wire as W
 from .resources import RESOURCE_COST, Resource, Resources
@@ -261,6 +261,7 @@ class Virgl:
         self.waiting: deque[tuple[int, Chain, bytes]] = deque()
         self._timer = None
         self._poll_fd = -1
+        self._stderr: StderrCapture | None = None
         self.capsets = [(cid, *self.r.capset_info(cid)) for cid in CAPSETS]
         self.capsets = [c for c in self.capsets if c[2] > 0]
         self.handlers: dict[type, Callable[[object, K.Header], K.Reply]] = {
@@ -282,6 +283,9 @@ class Virgl:
         self._poll_fd = self.r.poll_fd()
         if self._poll_fd >= 0:
             loop.add_reader(self._poll_fd, self._check_fences)
+        if self._stderr is None:
+            # The renderer's complaints about command streams that bypass its log callback.
+            self._stderr = StderrCapture(loop, guest_log, "virglrenderer-stderr", "virglrenderer: ")
 
     # -- the control queue's 3D commands ---------------------------------------------------
     def command(self, cmd: K.Unsupported, hdr: K.Header, chain: Chain) -> Response:
@@ -487,5 +491,8 @@ class Virgl:
             self.loop.remove_reader(self._poll_fd)
         self._poll_fd = -1
         if self._timer is not None:
-            self._timer.cancel()
+            self.loop.cancel(self._timer)
             self._timer = None
+        if self._stderr is not None:
+            self._stderr.close()
+            self._stderr = None
