@@ -187,5 +187,6 @@ qemu-reconnect:
 
 clean:
 	rm -rf build dist *.egg-info .pytest_cache .benchmarks
-	rm -f vhostsuite/core/_ring.c vhostsuite/devices/gpu/_pixels.c vhostsuite/devices/gpu/_virgl.c
+	rm -f vhostsuite/core/_ring.c vhostsuite/devices/gpu/_pixels.c vhostsuite/devices/gpu/_commands.c \
+	  vhostsuite/devices/gpu/_virgl.c
 	find vhostsuite -name '*.so' -delete -o -name '_*.html' -delete

@@ -1,6 +1,7 @@
-"""Builds the compiled twins vhostsuite.core._ring and vhostsuite.devices.gpu._pixels, and the
-binding vhostsuite.devices.gpu._virgl when pkg-config finds virglrenderer (Debian:
-libvirglrenderer-dev; without it vhost-user-gpu is 2D only); all metadata is in setup.cfg.
+"""Builds the compiled twins vhostsuite.core._ring, vhostsuite.devices.gpu._pixels and
+vhostsuite.devices.gpu._commands, and the binding vhostsuite.devices.gpu._virgl when pkg-config
+finds virglrenderer (Debian: libvirglrenderer-dev; without it vhost-user-gpu is 2D only); all
+metadata is in setup.cfg.
 
 VHOSTSUITE_NO_EXTENSIONS=1 builds none: the package then runs its pure-Python twins (the same
 switch vhostsuite reads at run time). VHOSTSUITE_CYTHON_DEBUG=1 builds them with Cython's own
@@ -27,7 +28,7 @@ def extensions() -> list[Extension]:
         macros = [("CYTHON_TRACE_NOGIL", "1")]
     exts = [
         Extension(name, [name.replace(".", "/") + ".pyx"], define_macros=macros)
-        for name in ("vhostsuite.core._ring", "vhostsuite.devices.gpu._pixels")
+        for name in ("vhostsuite.core._ring", "vhostsuite.devices.gpu._pixels", "vhostsuite.devices.gpu._commands")
     ]
     virgl = _pkg_config("virglrenderer")
     if virgl is not None:

@@ -96,7 +96,8 @@ def test_installed_tree_keeps_the_guest_kit_sources_not_the_cython_ones(installe
     pkg = installed / "usr/lib/vhostsuite/python/vhostsuite"
     assert (pkg / "testing/guest_src/gpu-draw.c").is_file()
     assert (pkg / "testing/guest_src/vhs.h").is_file()
-    assert not [*pkg.rglob("*.pyx"), *pkg.rglob("*.pxd"), *pkg.rglob("_ring.c"), *pkg.rglob("_pixels.c")]
+    sources = ("*.pyx", "*.pxd", "_ring.c", "_pixels.c", "_commands.c")
+    assert not [path for pattern in sources for path in pkg.rglob(pattern)]
 
 
 @pytest.mark.skipif(NO_EXTENSIONS, reason="VHOSTSUITE_NO_EXTENSIONS=1 installs no compiled extensions")
@@ -132,9 +133,9 @@ def test_version_names_the_implementation() -> None:
                        timeout=30)  # fmt: skip
     assert r.returncode == 0
     if NO_EXTENSIONS:
-        assert "pure-Python ring and pixel copier (VHOSTSUITE_NO_EXTENSIONS=1)" in r.stdout
+        assert "pure-Python ring, pixel copier and command decoder (VHOSTSUITE_NO_EXTENSIONS=1)" in r.stdout
     else:
-        assert "compiled (Cython) ring and pixel copier" in r.stdout
+        assert "compiled (Cython) ring, pixel copier and command decoder" in r.stdout
 
 
 def test_man_pages_name_every_option_and_render_without_warnings(installed: Path) -> None:

@@ -32,8 +32,9 @@ def test_the_package_holds_what_a_packager_expects(deb: tuple[Path, str]) -> Non
         assert f"/usr/share/man/man1/vhost-user-{d}.1.gz" in files
     assert "/usr/share/doc/vhostsuite/copyright" in files
     exts = [f for f in files if f.startswith("/usr/lib/vhostsuite/python/vhostsuite/") and f.endswith(".so")]
-    # the ring, the pixel copier and the virglrenderer binding, compiled for Debian's python3
-    assert len(exts) == 3 and any("/gpu/_virgl." in f for f in exts), exts
+    # the ring, the pixel copier, the command decoder and the virglrenderer binding, compiled
+    # for Debian's python3
+    assert len(exts) == 4 and any("/gpu/_virgl." in f for f in exts), exts
     fields = subprocess.run(["dpkg-deb", "-f", str(path), "Depends"], capture_output=True, text=True).stdout
     assert "python3-cairo" in fields and "python3-evdev" in fields and "python3 (>=" in fields, fields
     assert "libvirglrenderer1" in fields, fields

@@ -58,15 +58,17 @@ def make_parser(prog: str, description: str, epilog: str | None = None) -> argpa
 
 def implementation(pixels: bool = True) -> tuple[str, str | None]:
     """What the hot path runs on, and why the compiled extensions are not used if they should be.
-    *pixels*: the GPU's pixel copier counts too (the other programs don't import it)."""
+    *pixels*: the GPU's pixel copier and command decoder count too (the other programs don't
+    import them)."""
     from ..core import ring
 
     errors = [("ring", ring.IMPORT_ERROR)]
     if pixels:
+        from ..devices.gpu import commands
         from ..devices.gpu import pixels as pixel_copier
 
-        errors.append(("pixels", pixel_copier.IMPORT_ERROR))
-    what = "ring and pixel copier" if pixels else "ring"
+        errors += [("pixels", pixel_copier.IMPORT_ERROR), ("commands", commands.IMPORT_ERROR)]
+    what = "ring, pixel copier and command decoder" if pixels else "ring"
     if NO_EXTENSIONS:
         return f"pure-Python {what} (VHOSTSUITE_NO_EXTENSIONS=1)", None
     problems = [f"{name}: {err}" for name, err in errors if err]

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from collections import namedtuple
 
+from ... import NO_EXTENSIONS
 from . import wire as W
 
 #: typing.TYPE_CHECKING without importing typing (every start pays for it otherwise).
@@ -181,7 +182,7 @@ ERR_INVALID_CONTEXT_ID = Reply(W.VIRTIO_GPU_RESP_ERR_INVALID_CONTEXT_ID)
 NO_HEADER: Header = (0, 0, 0, 0, 0)
 
 #: Bytes read of every command: enough for the largest fixed-size one.
-_READ_AHEAD = max(W.COMMAND_SIZES.values())
+READ_AHEAD = max(W.COMMAND_SIZES.values())
 _HDR = W.CTRL_HDR.size
 _MEM_ENTRY = W.MEM_ENTRY
 
@@ -189,18 +190,20 @@ _new = tuple.__new__
 _unpack_header = W.CTRL_HDR.unpack_from
 GET_DISPLAY_INFO = GetDisplayInfo()
 
+#: The fixed-size 2D commands: command type -> (its body's layout, its type). The compiled
+#: decoder (_commands.pyx) reads its table from here too.
+CONTROL_LAYOUTS: dict[int, tuple[object, type]] = {
+    W.VIRTIO_GPU_CMD_GET_EDID: (W.CMD_GET_EDID, GetEdid),
+    W.VIRTIO_GPU_CMD_RESOURCE_CREATE_2D: (W.RESOURCE_CREATE_2D, ResourceCreate2D),
+    W.VIRTIO_GPU_CMD_RESOURCE_UNREF: (W.RESOURCE_UNREF, ResourceUnref),
+    W.VIRTIO_GPU_CMD_SET_SCANOUT: (W.SET_SCANOUT, SetScanout),
+    W.VIRTIO_GPU_CMD_RESOURCE_FLUSH: (W.RESOURCE_FLUSH, ResourceFlush),
+    W.VIRTIO_GPU_CMD_TRANSFER_TO_HOST_2D: (W.TRANSFER_TO_HOST_2D, TransferToHost2D),
+    W.VIRTIO_GPU_CMD_RESOURCE_DETACH_BACKING: (W.RESOURCE_DETACH_BACKING, DetachBacking),
+}
 #: command type -> (bytes it needs, its body's unpack_from, its type)
 _CONTROL: dict[int, tuple[int, object, type]] = {
-    ctype: (W.COMMAND_SIZES[ctype], layout.unpack_from, cls)
-    for ctype, layout, cls in (
-        (W.VIRTIO_GPU_CMD_GET_EDID, W.CMD_GET_EDID, GetEdid),
-        (W.VIRTIO_GPU_CMD_RESOURCE_CREATE_2D, W.RESOURCE_CREATE_2D, ResourceCreate2D),
-        (W.VIRTIO_GPU_CMD_RESOURCE_UNREF, W.RESOURCE_UNREF, ResourceUnref),
-        (W.VIRTIO_GPU_CMD_SET_SCANOUT, W.SET_SCANOUT, SetScanout),
-        (W.VIRTIO_GPU_CMD_RESOURCE_FLUSH, W.RESOURCE_FLUSH, ResourceFlush),
-        (W.VIRTIO_GPU_CMD_TRANSFER_TO_HOST_2D, W.TRANSFER_TO_HOST_2D, TransferToHost2D),
-        (W.VIRTIO_GPU_CMD_RESOURCE_DETACH_BACKING, W.RESOURCE_DETACH_BACKING, DetachBacking),
-    )
+    ctype: (W.COMMAND_SIZES[ctype], layout.unpack_from, cls) for ctype, (layout, cls) in CONTROL_LAYOUTS.items()
 }
 _ATTACH_SIZE = W.COMMAND_SIZES[W.VIRTIO_GPU_CMD_RESOURCE_ATTACH_BACKING]
 
@@ -249,7 +252,7 @@ def decode_3d(hdr: Header, chain: Chain) -> Command | Reply:
 
 def decode_control(chain: Chain) -> tuple[Header, Command | Reply]:
     """The control-queue command in *chain*, or the error Reply it gets."""
-    raw = chain.read(_READ_AHEAD)  # the header and any fixed-size body in one read
+    raw = chain.read(READ_AHEAD)  # the header and any fixed-size body in one read
     if len(raw) < _HDR:
         return NO_HEADER, ERR_INVALID_PARAMETER
     hdr = _unpack_header(raw)
@@ -260,13 +263,19 @@ def decode_control(chain: Chain) -> tuple[Header, Command | Reply]:
         if len(raw) < size:
             return hdr, ERR_INVALID_PARAMETER
         return hdr, _new(cls, unpack(raw, _HDR))
+    return hdr, decode_other(chain, raw, hdr)
+
+
+def decode_other(chain: Chain, raw: bytes, hdr: Header) -> Command | Reply:
+    """A control command that is not in CONTROL_LAYOUTS (*raw*: what decode_control read)."""
+    ctype = hdr[0]  # HDR_TYPE
     if ctype == W.VIRTIO_GPU_CMD_GET_DISPLAY_INFO:
-        return hdr, GET_DISPLAY_INFO
+        return GET_DISPLAY_INFO
     if ctype == W.VIRTIO_GPU_CMD_RESOURCE_ATTACH_BACKING:
         if len(raw) < _ATTACH_SIZE:
-            return hdr, ERR_INVALID_PARAMETER
-        return hdr, _attach_backing(chain, raw)
-    return hdr, Unsupported(ctype)
+            return ERR_INVALID_PARAMETER
+        return _attach_backing(chain, raw)
+    return Unsupported(ctype)
 
 
 def _attach_backing(chain: Chain, raw: bytes) -> AttachBacking | Reply:
@@ -315,3 +324,15 @@ def encode(hdr: Header, reply: Reply) -> bytes:
     ring = flags & W.VIRTIO_GPU_FLAG_INFO_RING_IDX
     head = W.CTRL_HDR.pack(reply[0], W.VIRTIO_GPU_FLAG_FENCE | ring, fence_id, ctx_id, ring_idx if ring else 0)
     return head + reply[1]
+
+
+# The compiled twin of decode_control (_commands.pyx), unless it is missing or
+# VHOSTSUITE_NO_EXTENSIONS is set; the pure one stays as decode_control_py (the tests compare).
+decode_control_py = decode_control
+#: Why the compiled decoder could not be used (None: it is in use, or NO_EXTENSIONS asked not to).
+IMPORT_ERROR: str | None = None
+if not NO_EXTENSIONS:
+    try:
+        from ._commands import decode_control  # noqa: F811
+    except ImportError as e:  # not built, or built for another interpreter
+        IMPORT_ERROR = str(e)

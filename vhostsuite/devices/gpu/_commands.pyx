@@ -1,0 +1,141 @@
+# cython: language_level=3
+"""The compiled twin of :func:`.commands.decode_control`: the header and the body of a fixed-size
+control command read straight from the bytes the chain gave, into the same typed values, with
+no ``struct`` call and no lookup but one table index. Every control command comes this way.
+
+The layouts are not written here: at import, the ``struct`` formats of ``wire.CTRL_HDR`` and of
+``commands.CONTROL_LAYOUTS`` (their one home) are turned into a table of field widths and
+offsets. Commands outside the table (GET_DISPLAY_INFO, ATTACH_BACKING, the rest) go on to
+:func:`.commands.decode_other`, as in the pure-Python twin.
+"""
+
+from cpython.ref cimport Py_INCREF
+from cpython.tuple cimport PyTuple_New, PyTuple_SET_ITEM
+from libc.stdint cimport uint32_t, uint64_t
+
+from . import commands as K
+from . import wire as W
+
+cdef extern from *:
+    """
+    #include <endian.h>
+    #include <string.h>
+    static inline uint32_t vhs_le32(const unsigned char *p) { uint32_t v; memcpy(&v, p, 4); return le32toh(v); }
+    static inline uint64_t vhs_le64(const unsigned char *p) { uint64_t v; memcpy(&v, p, 8); return le64toh(v); }
+    """
+    uint32_t vhs_le32(const unsigned char *p) nogil
+    uint64_t vhs_le64(const unsigned char *p) nogil
+
+DEF MAX_FIELDS = 16
+#: Control command types are 0x01nn (2D) and 0x02nn (3D); the table covers nn < TYPES of both.
+DEF TYPES = 32
+
+cdef struct Layout:
+    int size                            # bytes the command needs, header included (0: not in the table)
+    int nfields
+    unsigned char width[MAX_FIELDS]     # 1, 4 or 8 bytes, little-endian
+    unsigned char offset[MAX_FIELDS]    # from the start of what it describes
+
+
+cdef Layout _header
+cdef Layout _table[2][TYPES]
+#: The command types, where _table has a layout: [2][TYPES] in one list (None elsewhere).
+cdef list _classes = [None] * (2 * TYPES)
+cdef int _hdr_size = W.CTRL_HDR.size
+cdef Py_ssize_t _read_ahead = K.READ_AHEAD
+cdef object _new = tuple.__new__
+cdef object _decode_other = K.decode_other
+cdef tuple _no_header = K.NO_HEADER
+cdef object _bad = K.ERR_INVALID_PARAMETER
+
+
+cdef int _compile(Layout *lay, str fmt, int base) except -1:
+    """Fill *lay* from a little-endian ``struct`` format of I, Q, B and x (a count may precede each),
+    its fields starting at byte *base*."""
+    if not fmt.startswith("<"):
+        raise ValueError(f"{fmt!r}: not a little-endian layout")
+    cdef int pos = base, count, width
+    lay.nfields = 0
+    digits = ""
+    for ch in fmt[1:]:
+        if ch.isdigit():
+            digits += ch
+            continue
+        count = int(digits) if digits else 1
+        digits = ""
+        if ch == "x":
+            pos += count
+            continue
+        width = {"I": 4, "Q": 8, "B": 1}.get(ch, 0)
+        if width == 0:
+            raise ValueError(f"{fmt!r}: field {ch!r} is not decoded here")
+        for _ in range(count):
+            if lay.nfields == MAX_FIELDS:
+                raise ValueError(f"{fmt!r}: more than {MAX_FIELDS} fields")
+            lay.width[lay.nfields] = width
+            lay.offset[lay.nfields] = pos - base
+            lay.nfields += 1
+            pos += width
+    lay.size = pos
+    return 0
+
+
+cdef Layout *_lookup(uint32_t ctype) noexcept:
+    cdef uint32_t kind = (ctype >> 8) - 1, index = ctype & 0xFF
+    if ctype > 0xFFFF or kind > 1 or index >= TYPES:
+        return NULL
+    cdef Layout *lay = &_table[kind][index]
+    return lay if lay.size else NULL
+
+
+cdef tuple _fields(const Layout *lay, const unsigned char *p):
+    cdef tuple t = PyTuple_New(lay.nfields)
+    cdef object v
+    cdef int i
+    for i in range(lay.nfields):
+        if lay.width[i] == 4:
+            v = vhs_le32(p + lay.offset[i])
+        elif lay.width[i] == 8:
+            v = vhs_le64(p + lay.offset[i])
+        else:
+            v = p[lay.offset[i]]
+        Py_INCREF(v)  # PyTuple_SET_ITEM steals a reference
+        PyTuple_SET_ITEM(t, i, v)
+    return t
+
+
+def _build() -> None:
+    _compile(&_header, W.CTRL_HDR.format, 0)
+    if _header.size != _hdr_size:
+        raise ValueError("the header layout and its size disagree")
+    cdef Layout *lay
+    for ctype, (layout, cls) in K.CONTROL_LAYOUTS.items():
+        kind, index = (ctype >> 8) - 1, ctype & 0xFF
+        if not (0 <= kind <= 1 and index < TYPES):
+            raise ValueError(f"command type {ctype:#x} is outside the table")
+        lay = &_table[kind][index]
+        _compile(lay, layout.format, _hdr_size)
+        if lay.size != W.COMMAND_SIZES[ctype]:
+            raise ValueError(f"command type {ctype:#x}: the layout and COMMAND_SIZES disagree")
+        _classes[kind * TYPES + index] = cls
+
+
+_build()
+
+
+def decode_control(chain) -> tuple:
+    """The control-queue command in *chain*, or the error Reply it gets (as the pure twin)."""
+    cdef bytes raw = chain.read(_read_ahead)  # the header and any fixed-size body in one read
+    cdef Py_ssize_t n = len(raw)
+    if n < _hdr_size:
+        return _no_header, _bad
+    cdef const unsigned char *p = <const unsigned char *> <char *> raw
+    cdef tuple hdr = _fields(&_header, p)
+    cdef uint32_t ctype = vhs_le32(p)
+    cdef Layout *lay = _lookup(ctype)
+    if lay == NULL:
+        return hdr, _decode_other(chain, raw, hdr)
+    if n < lay.size:
+        return hdr, _bad
+    cls = _classes[((ctype >> 8) - 1) * TYPES + (ctype & 0xFF)]
+    return hdr, _new(cls, _fields(lay, p + _hdr_size))
