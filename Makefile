@@ -152,10 +152,11 @@ soak: build
 FUZZ_SECONDS ?= 300
 FUZZ_DIR      = build/fuzz
 FUZZ_CFLAGS   = -fsanitize=address,fuzzer-no-link -g -O1 -fno-omit-frame-pointer
+# clang and its sanitizer runtime (libclang-rt-dev: clang alone links no ASan).
 fuzz-deps:
-	@command -v clang >/dev/null || { \
-	  if [ "$$(id -u)" = 0 ]; then apt-get install -y -q --no-install-recommends clang; \
-	  else echo "make fuzz needs clang: apt-get install clang" >&2; exit 1; fi; }
+	@command -v clang >/dev/null && [ -e "$$(clang -print-file-name=libclang_rt.asan_static-x86_64.a)" ] || { \
+	  if [ "$$(id -u)" = 0 ]; then apt-get install -y -q --no-install-recommends clang libclang-rt-dev; \
+	  else echo "make fuzz needs clang and its runtime: apt-get install clang libclang-rt-dev" >&2; exit 1; fi; }
 	@$(PYTHON) -c 'import atheris' 2>/dev/null || $(PIP) install -q atheris
 
 fuzz-build: fuzz-deps pydeps
