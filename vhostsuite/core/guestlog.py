@@ -89,7 +89,8 @@ class StderrCapture:
         self.loop, self.log, self.kind, self.prefix = loop, log, kind, prefix
         self._tail = b""
         self._real = os.dup(2)
-        stream = open(self._real, "w", buffering=1, encoding=sys.stderr.encoding,  # noqa: SIM115 - lives with the process
+        encoding = getattr(sys.stderr, "encoding", None) or "utf-8"
+        stream = open(self._real, "w", buffering=1, encoding=encoding,  # noqa: SIM115 - lives with the process
                       errors="backslashreplace", closefd=False)  # fmt: skip
         for handler in logging.getLogger().handlers:
             if isinstance(handler, logging.StreamHandler) and handler.stream is sys.stderr:

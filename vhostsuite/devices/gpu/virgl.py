@@ -285,7 +285,10 @@ class Virgl:
             loop.add_reader(self._poll_fd, self._check_fences)
         if self._stderr is None:
             # The renderer's complaints about command streams that bypass its log callback.
-            self._stderr = StderrCapture(loop, guest_log, "virglrenderer-stderr", "virglrenderer: ")
+            try:
+                self._stderr = StderrCapture(loop, guest_log, "virglrenderer-stderr", "virglrenderer: ")
+            except OSError as e:  # no stderr to begin with (fd 2 closed): nothing to bound
+                log.debug("stderr is not captured: %s", e)
 
     # -- the control queue's 3D commands ---------------------------------------------------
     def command(self, cmd: K.Unsupported, hdr: K.Header, chain: Chain) -> Response:
