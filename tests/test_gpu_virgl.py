@@ -10,9 +10,11 @@ from __future__ import annotations
 import json
 import os
 import random
+import shutil
 import stat
 import struct
 import subprocess
+from pathlib import Path
 
 import pytest
 
@@ -20,7 +22,7 @@ from tests.conftest import child_env, program
 from vhostsuite.core import protocol as P
 from vhostsuite.core.guestlog import BURST
 from vhostsuite.core.virtio import bit
-from vhostsuite.devices.gpu import renderer_works, virgl
+from vhostsuite.devices.gpu import probe, renderer_works, virgl
 from vhostsuite.devices.gpu import wire as W
 from vhostsuite.testing import virgl_stream as S
 from vhostsuite.testing.frontend_gpu import Backing, GpuDisplay, GpuDriver, hdr, open_gpu, resp_type
@@ -38,12 +40,96 @@ AVAILABLE = renderer_works()
 needs_virgl = pytest.mark.skipif(not AVAILABLE, reason=f"virglrenderer does not initialise here: {virgl.available()}")
 
 
-@pytest.mark.parametrize("extra", [[], ["--virgl"]])
-def test_print_capabilities_lists_virgl_exactly_when_it_works(extra) -> None:  # noqa: ANN001
-    out = subprocess.run([*program("vhost-user-gpu"), "--print-capabilities", *extra], env=child_env(),
+def caps(env: dict[str, str], *extra: str) -> list[str]:
+    out = subprocess.run([*program("vhost-user-gpu"), "--print-capabilities", *extra], env=env,
                          capture_output=True, text=True, timeout=30, check=True)  # fmt: skip
-    assert json.loads(out.stdout) == {"type": "gpu", "features": ["virgl"] if AVAILABLE else []}
+    return json.loads(out.stdout)["features"]
+
+
+def runtime_env(tmp_path, **extra: str) -> dict[str, str]:  # noqa: ANN001
+    """The environment of a user whose runtime directory (where the probe's record goes) is new."""
+    runtime = tmp_path / "run"
+    runtime.mkdir(mode=0o700, exist_ok=True)
+    return {**child_env(), "XDG_RUNTIME_DIR": str(runtime), **extra}
+
+
+@pytest.mark.parametrize("extra", [[], ["--virgl"]])
+def test_print_capabilities_lists_virgl_exactly_when_it_works(extra, tmp_path) -> None:  # noqa: ANN001
+    env = runtime_env(tmp_path)
+    # the first answer is the probe's, the second the record's, if it made one
+    for _ in range(2):
+        assert caps(env, *extra) == (["virgl"] if AVAILABLE else [])
     # these machines have no /dev/dri: never "render-node" (libvirt would fail the domain)
+
+
+def record(tmp_path) -> Path:  # noqa: ANN001
+    return tmp_path / "run" / "vhostsuite" / probe.RECORD_NAME
+
+
+@needs_virgl
+def test_a_success_is_recorded_privately_and_answers_while_nothing_changed(tmp_path, monkeypatch) -> None:  # noqa: ANN001
+    env = runtime_env(tmp_path)
+    assert caps(env) == ["virgl"]
+    rec = record(tmp_path)
+    assert stat.S_IMODE(rec.stat().st_mode) == 0o600 and stat.S_IMODE(rec.parent.stat().st_mode) == 0o700
+    text = rec.read_text()
+    # what was loaded is in it: the binding, EGL (a driver of Mesa's), the loader's cache
+    assert "/gpu/_virgl." in text and "libEGL" in text and "file\t/etc/ld.so.cache\t" in text
+    monkeypatch.setenv("XDG_RUNTIME_DIR", env["XDG_RUNTIME_DIR"])  # the rest of env is this process's
+    assert probe.recorded_success()
+    # a variable that steers EGL is part of the answer: glvnd with no vendor has no EGL at all
+    monkeypatch.setenv("__EGL_VENDOR_LIBRARY_FILENAMES", str(tmp_path / "none.json"))
+    assert not probe.recorded_success()
+    assert caps({**env, "__EGL_VENDOR_LIBRARY_FILENAMES": str(tmp_path / "none.json")}) == []
+    assert caps(env) == ["virgl"]
+
+
+@needs_virgl
+def test_a_changed_library_is_probed_again(tmp_path) -> None:  # noqa: ANN001
+    """EGL from a directory of the test's own (LD_LIBRARY_PATH): recorded, then broken on disk,
+    then restored; each answer is the truth of the moment, not the record's."""
+    real = _libegl()
+    lib = tmp_path / "lib"
+    lib.mkdir()
+    shutil.copy(real, lib / "libEGL.so.1")
+    env = runtime_env(tmp_path, LD_LIBRARY_PATH=str(lib))
+    assert caps(env) == ["virgl"]
+    assert f"file\t{lib}/libEGL.so.1\t" in record(tmp_path).read_text()
+    (lib / "libEGL.so.1").unlink()
+    (lib / "libEGL.so.1").write_bytes(b"not a library")
+    assert caps(env) == []
+    (lib / "libEGL.so.1").unlink()
+    shutil.copy(real, lib / "libEGL.so.1")
+    assert caps(env) == ["virgl"]
+
+
+def _libegl() -> str:
+    """The libEGL.so.1 this host's loader finds."""
+    out = subprocess.run(["/sbin/ldconfig", "-p"], capture_output=True, text=True, check=True).stdout
+    return next(line.split(" => ")[1] for line in out.splitlines() if line.strip().startswith("libEGL.so.1 "))
+
+
+@needs_virgl
+@pytest.mark.parametrize("how", ["others can write it", "garbage", "another format", "a symlink"])
+def test_a_record_that_is_not_trustworthy_is_not_read(tmp_path, monkeypatch, how: str) -> None:  # noqa: ANN001
+    env = runtime_env(tmp_path)
+    assert caps(env) == ["virgl"]
+    rec = record(tmp_path)
+    good = rec.read_text()
+    if how == "others can write it":
+        rec.chmod(0o622)
+    elif how == "garbage":
+        rec.write_text(good + "junk\n")
+    elif how == "another format":
+        rec.write_text(good.replace(probe.FORMAT, "vhostsuite virgl probe 0"))
+    else:
+        (tmp_path / "elsewhere").write_text(good)
+        rec.unlink()
+        rec.symlink_to(tmp_path / "elsewhere")
+    monkeypatch.setenv("XDG_RUNTIME_DIR", env["XDG_RUNTIME_DIR"])
+    assert not probe.recorded_success()
+    assert caps(env) == ["virgl"]  # probed, and recorded anew
+    assert not rec.is_symlink() and stat.S_IMODE(rec.stat().st_mode) == 0o600 and probe.recorded_success()
 
 
 class G3D:

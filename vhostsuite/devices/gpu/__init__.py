@@ -14,6 +14,7 @@ import stat
 from collections.abc import Sequence
 
 from ...program import cli
+from .probe import renderer_works
 
 #: typing.TYPE_CHECKING without importing typing; argparse is imported where it is used, so
 #: that --print-capabilities imports neither (see vhostsuite.program.cli).
@@ -28,41 +29,16 @@ DEFAULT_DISPLAY_TIMEOUT = 5.0
 
 
 def capabilities() -> tuple[str, list[str]]:
-    """Only what works here: "virgl" when the renderer initialises (tried in a child process),
-    "render-node" when, besides, a render node can be opened (libvirt fails a domain that
-    asks for one on a host without)."""
+    """Only what works here: "virgl" when the renderer initialises (tried in a child process, or
+    a record of that success whose files are unchanged: :mod:`.probe`), "render-node" when,
+    besides, a render node can be opened (libvirt fails a domain that asks for one on a host
+    without)."""
     features = []
-    if renderer_works():
+    if renderer_works(remembered=True):
         features.append("virgl")
         if render_node() is not None:
             features.append("render-node")
     return "gpu", features
-
-
-def renderer_works(render_node: str | None = None) -> bool:
-    """Whether ``--virgl`` would start here: the renderer is initialised in a child process, so
-    that this one keeps no renderer, EGL threads or GL state, and imports nothing for it."""
-    pid = os.fork()
-    if pid == 0:  # the child: its exit status is the answer
-        ok = False
-        try:
-            import signal
-
-            signal.alarm(10)  # a hung driver ends the probe, not the caller
-            devnull = os.open(os.devnull, os.O_WRONLY)
-            os.dup2(devnull, 1)  # the caller's output is its own
-            os.dup2(devnull, 2)
-            from .virgl import available, init_renderer
-
-            if available() is None:
-                init_renderer(render_node)
-                ok = True
-        except BaseException:  # noqa: BLE001 - any failure is a "no"
-            pass
-        finally:
-            os._exit(0 if ok else 1)
-    _, status = os.waitpid(pid, 0)
-    return os.waitstatus_to_exitcode(status) == 0
 
 
 def render_node() -> str | None:
@@ -177,4 +153,4 @@ def main(argv: Sequence[str] | None = None) -> int:
     return cli.run("vhost-user-gpu", make_parser, argv, capabilities, make_device, uses_pixels=True)
 
 
-__all__ = ["main", "capabilities"]
+__all__ = ["main", "capabilities", "renderer_works"]
