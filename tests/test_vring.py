@@ -3,6 +3,8 @@ the two rules a device must keep for commands in flight (vhostsuite.core.device)
 
 from __future__ import annotations
 
+import os
+
 import pytest
 
 from vhostsuite.core.device import PENDING, QueueSpec
@@ -143,19 +145,34 @@ def test_batch_end_runs_once_per_batch_before_the_driver_is_notified() -> None:
         events.append("chain")
         return next(answers)
 
-    g, owner, r = make(handler, serial=True, num=256, batch_end=lambda: events.append("end"))
-    r.call_fd = 1  # notify() needs one; record instead of writing
-    r.notify = lambda: events.append("notify")
+    call = os.eventfd(0, os.EFD_NONBLOCK)
+
+    def interrupted() -> bool:
+        try:
+            return os.eventfd_read(call) > 0
+        except BlockingIOError:
+            return False
+
+    def run() -> None:
+        r.run()
+        if interrupted():
+            events.append("notify")
+
+    # at its batch's end the driver has not been interrupted yet
+    g, owner, r = make(handler, serial=True, num=256,
+                       batch_end=lambda: events.append("end, interrupted" if interrupted() else "end"))  # fmt: skip
+    r.call_fd = call
     for _ in range(BUDGET_CHAINS + 3):
         g.add_chain([b"c"], [8])
-    r.run()
+    run()
     assert events == ["chain"] * BUDGET_CHAINS + ["end", "notify"]
     events.clear()
-    r.run()  # one answered, then one pending: the batch ends there
+    run()  # one answered, then one pending: the batch ends there
     assert events == ["chain", "chain", "end", "notify"]
     events.clear()
-    r.run()  # serial and pending: nothing popped, no batch
+    run()  # serial and pending: nothing popped, no batch
     assert events == [] and owner.broken == []
+    os.close(call)
 
 
 def test_a_failing_batch_end_is_a_device_bug() -> None:

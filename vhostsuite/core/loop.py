@@ -150,7 +150,13 @@ class Loop:
                     continue
                 reader, writer = current
                 if events & ~_OUT and reader is not None:
-                    self._call(reader)
+                    # _call's work in place: every kick and every reply passes here
+                    try:
+                        reader()
+                    except Exception as e:
+                        if self.error_handler is None:
+                            raise
+                        self.error_handler(e)
                     if not self._running:
                         return
                 if events & ~_IN and writer is not None:
