@@ -8,6 +8,7 @@ import mmap
 import socket
 import threading
 
+from vhostsuite.core.device import PENDING
 from vhostsuite.core.loop import Loop
 from vhostsuite.devices.gpu import pixels
 from vhostsuite.devices.gpu import wire as W
@@ -19,6 +20,14 @@ def channel() -> tuple[DisplayChannel, socket.socket, Loop, list[str]]:
     loop = Loop()
     lost: list[str] = []
     return DisplayChannel(ours, loop, 5.0, lambda: lost.append("lost")), peer, loop, lost
+
+
+def ask(ch: DisplayChannel, wait: float, late: list) -> bytes | None:
+    """GET_DISPLAY_INFO as the device asks it: a late reply goes to *late*."""
+    reply = ch.get_display_info(wait)
+    if reply is PENDING:
+        ch.on_late(late.append)
+    return reply
 
 
 def recv_exact(sock: socket.socket, n: int) -> bytes:
@@ -109,7 +118,7 @@ def test_replies_in_pieces_and_together_reach_their_askers_in_order() -> None:
     late: list[bytes | None] = []
     # no wait: each question is pending, answered from the loop as its reply comes
     for _ in infos[:3]:
-        assert ch.get_display_info(0.0, late.append) is not None  # PENDING, not "can't be asked"
+        assert ask(ch, 0.0, late) is not None  # PENDING, not "can't be asked"
     for _ in range(3):
         assert len(recv_exact(peer, W.GPU_HEADER.size)) == W.GPU_HEADER.size
     wire = reply(infos[0]) + reply(infos[1])  # the first split at every byte, then two in one write
@@ -122,8 +131,40 @@ def test_replies_in_pieces_and_together_reach_their_askers_in_order() -> None:
     assert late == infos[:3]
     # a question waited for gets its reply from ask() itself, the callback is not called
     threading.Timer(0.01, lambda: peer.send(reply(infos[3]))).start()
-    assert ch.get_display_info(1.0, late.append) == infos[3]
+    assert ask(ch, 1.0, late) == infos[3]
     assert late == infos[:3] and not lost
+    ch.close()
+    loop.close()
+
+
+def test_a_waited_question_whose_reply_is_late_gets_it_later_in_order() -> None:
+    """The wait ends without the reply: the question is pending, and its reply, when it comes,
+    reaches its callback; a reply of another kind meanwhile is not taken for it; a short reply
+    waited for is a failure (None), and the next question is waited for again."""
+    ch, peer, loop, lost = channel()
+
+    def reply(request: int, body: bytes) -> bytes:
+        return W.GPU_HEADER.pack(request, W.VHOST_USER_GPU_MSG_FLAG_REPLY, len(body)) + body
+
+    info = b"\x07" * W.RESP_DISPLAY_INFO_SIZE
+    late: list[bytes | None] = []
+    assert ask(ch, 0.002, late) is PENDING
+    assert W.GPU_HEADER.unpack(recv_exact(peer, W.GPU_HEADER.size))[0] == W.VHOST_USER_GPU_GET_DISPLAY_INFO
+    # a second question of the kind is not waited for: the next reply is the first one's
+    assert ask(ch, 1.0, late) is PENDING
+    recv_exact(peer, W.GPU_HEADER.size)
+    edid = reply(W.VHOST_USER_GPU_GET_EDID, bytes(W.RESP_EDID_SIZE))
+    peer.send(edid + reply(W.VHOST_USER_GPU_GET_DISPLAY_INFO, info))
+    ch._on_readable()
+    assert late == [info]
+    peer.send(reply(W.VHOST_USER_GPU_GET_DISPLAY_INFO, info + b"more"))  # cut to its size
+    ch._on_readable()
+    assert late == [info, info]
+    threading.Timer(0.01, lambda: peer.send(reply(W.VHOST_USER_GPU_GET_DISPLAY_INFO, info[:8]))).start()
+    assert ask(ch, 1.0, late) is None
+    threading.Timer(0.01, lambda: peer.send(reply(W.VHOST_USER_GPU_GET_DISPLAY_INFO, info))).start()
+    assert ask(ch, 1.0, late) == info
+    assert late == [info, info] and not lost
     ch.close()
     loop.close()
 

@@ -29,7 +29,7 @@ from . import DEFAULT_DISPLAY_TIMEOUT, DEFAULT_MAX_HOSTMEM, edid
 from . import commands as K
 from . import wire as W
 from .cursor import update_cursor
-from .display import DisplayChannel, ReplyCallback
+from .display import DisplayChannel
 from .resources import Resource, Resources
 from .scanouts import Scanouts
 
@@ -184,8 +184,10 @@ class GpuDevice(Device):
             self.display.flush_output()
 
     def _control(self, chain: Chain) -> Response:
-        if not self._in_batch:
-            self._begin_batch()
+        if not self._in_batch:  # _begin_batch in place: every command passes here
+            self._in_batch = True
+            if self.display is not None:
+                self.display.hold_output()
         hdr, cmd = _decode_control(chain)
         handler = self._dispatch.get(cmd.__class__)
         if handler is not None:
@@ -229,20 +231,23 @@ class GpuDevice(Device):
         self.scanouts.resource_destroyed(res)
 
     # -- commands that ask the display ----------------------------------------------------------
-    def _ask(self, ask: Callable[[float, ReplyCallback], bytes | None], answer: Callable[[bytes | None], K.Reply],
+    def _ask(self, ask: Callable[[float], bytes | None], answer: Callable[[bytes | None], K.Reply],
              hdr: K.Header, chain: Chain) -> Response:  # fmt: skip
-        """Ask the display with ``ask(wait, late)``; the command (*hdr*, *chain*) is answered with
+        """Ask the display with ``ask(wait)``; the command (*hdr*, *chain*) is answered with
         ``answer(reply or None)``: now if the reply comes within :data:`SYNC_WAIT` (the first
         question of a batch waits; later ones don't), else later (PENDING)."""
+        wait = 0.0 if self._batch_waited else SYNC_WAIT
+        self._batch_waited = True
+        reply = ask(wait)
+        if reply is not PENDING:
+            return answer(reply)
 
         def late(reply: bytes | None) -> None:
             # False when the ring stopped meanwhile: the command is popped again and asks again.
             self.ctx.complete(CONTROL_QUEUE, chain, K.encode(hdr, answer(reply)))
 
-        wait = 0.0 if self._batch_waited else SYNC_WAIT
-        self._batch_waited = True
-        reply = ask(wait, late)
-        return PENDING if reply is PENDING else answer(reply)
+        self.display.on_late(late)
+        return PENDING
 
     def _get_display_info(self, cmd: K.GetDisplayInfo, hdr: K.Header, chain: Chain) -> Response:
         reply = self._batch_display_info
@@ -258,7 +263,10 @@ class GpuDevice(Device):
     def _display_info(self, reply: bytes | None) -> K.Reply:
         if reply is not None:
             self._display_body = reply[_HDR_SIZE:]
-        return _new(_Reply, (W.VIRTIO_GPU_RESP_OK_DISPLAY_INFO, self._default_display_body()))
+        body = self._display_body
+        if body is None:
+            body = self._default_display_body()
+        return _new(_Reply, (W.VIRTIO_GPU_RESP_OK_DISPLAY_INFO, body))
 
     def _get_edid(self, cmd: K.GetEdid, hdr: K.Header, chain: Chain) -> Response:
         if not self.acked_features & bit(W.VIRTIO_GPU_F_EDID):
@@ -280,7 +288,7 @@ class GpuDevice(Device):
         display = self.display
         if display is None:
             return answer(None)
-        return self._ask(lambda wait, late: display.get_edid(scanout, wait, late), answer, hdr, chain)
+        return self._ask(lambda wait: display.get_edid(scanout, wait), answer, hdr, chain)
 
     def _default_display_body(self) -> bytes:
         if self._display_body is not None:

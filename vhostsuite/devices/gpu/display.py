@@ -25,7 +25,8 @@ loop for long:
 * :meth:`DisplayChannel.ask` lets a caller wait, for a bounded short time, for a reply that
   a responsive display sends within microseconds (QEMU answers GET_DISPLAY_INFO at once),
   instead of going back to the loop and sleeping twice; only a reply that is late gets a
-  timer and a callback.
+  waiter, a timer and a callback (given by :meth:`DisplayChannel.on_late`, so that the
+  caller makes its closure only then).
 """
 
 from __future__ import annotations
@@ -73,10 +74,18 @@ _MAX_REPLY = 64 * 1024
 
 #: While the peer is unresponsive, at most this many unanswered requests of one kind are kept.
 _MAX_ABANDONED = 16
+#: How long a question that is waited for looks for its reply without sleeping first. A
+#: responsive display answers within tens of microseconds, and a sleep in poll(2) and the
+#: wake-up cost about ten of them; questions are rare (a mode set asks once), so the CPU
+#: this spends does not add up.
+SPIN = 50e-6
 _HEAD = W.GPU_HEADER.size
 _unpack_head = W.GPU_HEADER.unpack_from
 
 ReplyCallback = Callable[[bytes | None], None]
+#: What _wait_reply gives while the reply has not come.
+_LATE = object()
+_pack_head = W.GPU_HEADER.pack
 
 
 class _Waiter:
@@ -130,6 +139,13 @@ class DisplayChannel:
         #: next small message starts one): sixteen small UPDATEs go as one part, not 32.
         self._held_tail: bytearray | None = None
         self._poll: select.poll | None = None
+        #: The request _wait_reply waits for (None: none), its reply's size, and the reply
+        #: (_LATE until it comes).
+        self._question: int | None = None
+        self._question_size = 0
+        self._answer: bytes | None | object = _LATE
+        #: The waiter of the question ask() left PENDING last, until on_late() gives its callback.
+        self._left: _Waiter | None = None
         #: The pipe pages go through (read end, write end), made at the first large part; its
         #: size; the bytes in it (they go before the output queue). (splice(2) into a UNIX
         #: stream socket, the only kind from_fd accepts, works on every kernel we support.)
@@ -217,17 +233,17 @@ class DisplayChannel:
         head = W.GPU_CURSOR_UPDATE_HEAD.pack(scanout_id, x, y, hot_x, hot_y)
         return self.send(W.VHOST_USER_GPU_CURSOR_UPDATE, head, image)
 
-    def get_display_info(self, wait: float, late: ReplyCallback) -> bytes | None:
+    def get_display_info(self, wait: float) -> bytes | None:
         """GET_DISPLAY_INFO, :meth:`ask`'d: the virtio_gpu_resp_display_info payload, None or PENDING."""
-        return self.ask(W.VHOST_USER_GPU_GET_DISPLAY_INFO, b"", W.RESP_DISPLAY_INFO_SIZE, wait, late)
+        return self.ask(W.VHOST_USER_GPU_GET_DISPLAY_INFO, b"", W.RESP_DISPLAY_INFO_SIZE, wait)
 
-    def get_edid(self, scanout_id: int, wait: float, late: ReplyCallback) -> bytes | None:
+    def get_edid(self, scanout_id: int, wait: float) -> bytes | None:
         """GET_EDID, :meth:`ask`'d (None without the EDID protocol feature): the
         virtio_gpu_resp_edid payload, None or PENDING."""
         if not self.has_feature(W.VHOST_USER_GPU_PROTOCOL_F_EDID):
             return None
         payload = W.GPU_EDID_REQUEST.pack(scanout_id)
-        return self.ask(W.VHOST_USER_GPU_GET_EDID, payload, W.RESP_EDID_SIZE, wait, late)
+        return self.ask(W.VHOST_USER_GPU_GET_EDID, payload, W.RESP_EDID_SIZE, wait)
 
     def has_feature(self, bit: int) -> bool:
         return bool((self.protocol_features or 0) & (1 << bit))
@@ -453,36 +469,68 @@ class DisplayChannel:
         w.timer = self.loop.call_later(self.timeout, lambda: self._timed_out(request))
         return True
 
-    def ask(self, request: int, payload: bytes, reply_size: int, wait: float, late: ReplyCallback) -> bytes | None:
+    def ask(self, request: int, payload: bytes, reply_size: int, wait: float) -> bytes | None:
         """Send *request* and wait up to *wait* seconds (blocking the loop: keep it short) for
         its reply, which a responsive display sends within microseconds: its payload, or None
         if it came as a failure (hang-up, short reply) or no reply can be waited for. When it
-        does not come in time, :data:`PENDING`, and *late* gets it as :meth:`request`'s callback
-        would. Held output goes first; what follows is gathered again."""
+        does not come in time, :data:`PENDING`: the caller then gives :meth:`on_late` the
+        callback that gets it, as :meth:`request`'s would. Held output goes first; what
+        follows is gathered again."""
         if self._held:
             views, self._held, self._held_bytes, self._held_tail = self._held, [], 0, None
             self._send_views(views, "held messages")
-        got: list[bytes | None] = []
-        w = self._send_request(request, payload, reply_size, got.append)
-        if w is None:
-            return None
-        if wait > 0 and not (self._out or self._in_pipe):  # a full socket: the reply can't be near
-            if self._poll is None:
-                self._poll = select.poll()
-                self._poll.register(self.sock.fileno(), select.POLLIN)
-            deadline = time.monotonic() + wait
-            while not got and not self.closed:
-                left = deadline - time.monotonic()
-                if left <= 0 or not self._poll.poll(left * 1000):
-                    break
-                self._on_readable()
-        if got:
-            return got[0]
-        if self.closed:
-            return None
-        w.callback = late
+        busy = self.closed or self.unresponsive or self._out or self._in_pipe
+        if wait > 0 and not (busy or self._waiters.get(request)):
+            # Nothing of its kind is outstanding, so the next reply of its kind is its own:
+            # _dispatch hands it over without a waiter, which is made only if it is late.
+            if not self._send_now(_pack_head(request, 0, len(payload)) + payload, request):
+                return None
+            if not self._out:  # it all went: the reply can be near
+                reply = self._wait_reply(request, reply_size, wait)
+                if reply is not _LATE:
+                    return reply
+            if self.closed:
+                return None
+            w = _Waiter(request, reply_size, _ignore, None)
+            self._waiters.setdefault(request, deque()).append(w)
+        else:
+            w = self._send_request(request, payload, reply_size, _ignore)
+            if w is None:
+                return None
         w.timer = self.loop.call_later(self.timeout, lambda: self._timed_out(request))
+        self._left = w
         return PENDING
+
+    def on_late(self, callback: ReplyCallback) -> None:
+        """Where the reply to the question :meth:`ask` just left PENDING goes (None on a
+        failure, as :meth:`request`'s callback). Given at once, before anything else asks."""
+        w, self._left = self._left, None
+        w.callback = callback
+
+    def _wait_reply(self, request: int, reply_size: int, wait: float) -> bytes | None | object:
+        """Read the display for up to *wait* seconds, spinning the first :data:`SPIN` of them,
+        until the reply to *request* (just sent, nothing of its kind outstanding) comes: its
+        payload, None (a failure), or :data:`_LATE`."""
+        if self._poll is None:
+            self._poll = select.poll()
+            self._poll.register(self.sock.fileno(), select.POLLIN)
+        self._question, self._question_size, self._answer = request, reply_size, _LATE
+        try:
+            now = time.monotonic()
+            spin, deadline = now + (SPIN if SPIN < wait else wait), now + wait
+            while self._answer is _LATE and not self.closed:
+                if now < spin:  # the reply is near: look without sleeping
+                    ready = self._poll.poll(0)
+                else:
+                    left = deadline - now
+                    if left <= 0 or not (ready := self._poll.poll(left * 1000)):
+                        break
+                if ready:
+                    self._on_readable()
+                now = time.monotonic()
+        finally:
+            self._question = None
+        return self._answer
 
     def _send_request(self, request: int, payload: bytes, reply_size: int, callback: ReplyCallback) -> _Waiter | None:
         """Send *request* and register the waiter for its reply (no timer yet); None if no
@@ -492,7 +540,7 @@ class DisplayChannel:
         if self._held or self._out or self._in_pipe:
             if not self.send(request, payload):  # behind what waits, in order
                 return None
-        elif not self._send_now(W.GPU_HEADER.pack(request, 0, len(payload)) + payload, request):
+        elif not self._send_now(_pack_head(request, 0, len(payload)) + payload, request):
             return None
         if self.unresponsive:
             # Don't make the guest wait again; a late reply is matched and dropped.
@@ -549,22 +597,21 @@ class DisplayChannel:
             self._rbuf.clear()
 
     def _dispatch(self, request: int, flags: int, payload: bytes) -> None:
-        q = self._waiters.get(request)
-        if not flags & W.VHOST_USER_GPU_MSG_FLAG_REPLY or not q:
-            log.warning("display: unexpected message %d flags %#x size %d", request, flags, len(payload))
-            return
-        w = q.popleft()
-        if w.timer is not None:
-            self.loop.cancel(w.timer)
-        if self.unresponsive and not any(self._waiters.values()):
-            self.unresponsive = False
-        if len(payload) != w.size:
-            if len(payload) < w.size:
-                log.warning("display: reply %d of %d bytes, expected %d", request, len(payload), w.size)
-                w.callback(None)
+        if flags & W.VHOST_USER_GPU_MSG_FLAG_REPLY:
+            q = self._waiters.get(request)
+            if q:
+                w = q.popleft()
+                if w.timer is not None:
+                    self.loop.cancel(w.timer)
+                if self.unresponsive and not any(self._waiters.values()):
+                    self.unresponsive = False
+                w.callback(_fit(request, payload, w.size))
                 return
-            payload = payload[: w.size]
-        w.callback(payload)
+            if request == self._question:  # what _wait_reply waits for
+                self._question = None
+                self._answer = _fit(request, payload, self._question_size)
+                return
+        log.warning("display: unexpected message %d flags %#x size %d", request, flags, len(payload))
 
     # -- end ------------------------------------------------------------------------------
     def _fail_waiters(self) -> None:
@@ -600,3 +647,13 @@ class DisplayChannel:
 
 def _ignore(reply: bytes | None) -> None:
     pass
+
+
+def _fit(request: int, payload: bytes, size: int) -> bytes | None:
+    """A reply's payload cut to the *size* expected; None (and said) if it is shorter."""
+    if len(payload) == size:
+        return payload
+    if len(payload) < size:
+        log.warning("display: reply %d of %d bytes, expected %d", request, len(payload), size)
+        return None
+    return payload[:size]
