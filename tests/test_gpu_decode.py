@@ -1,5 +1,6 @@
-"""The compiled control-command decoder (_commands.pyx) and the pure-Python one agree on every
-chain: the header, the typed command or the error Reply, field by field. Each example is a real
+"""The compiled control-command decoder and encoder (_commands.pyx) and the pure-Python ones
+agree: on every chain, the header, the typed command or the error Reply, field by field; on
+every header and reply, the response bytes. Each example is a real
 chain in guest memory (readable buffers cut at random places, so a command may span several),
 popped from a real ring; its bytes are a control command of a random or known type, whole or
 cut short, with random field values."""
@@ -61,8 +62,21 @@ def test_the_twins_decode_every_command_alike(cmd: tuple[bytes, list[int]]) -> N
     assert [type(x) for x in got] == [type(x) for x in want]
 
 
+@SETTINGS
+@given(st.tuples(st.sampled_from(KNOWN) | st.integers(0, 0xFFFF_FFFF),
+                 st.sampled_from([0, W.VIRTIO_GPU_FLAG_FENCE, 3, W.VIRTIO_GPU_FLAG_INFO_RING_IDX])
+                 | st.integers(0, 0xFFFF_FFFF), st.integers(0, (1 << 64) - 1), st.integers(0, 0xFFFF_FFFF),
+                 st.integers(0, 255)),
+       st.sampled_from([K.OK_NODATA, K.ERR_UNSPEC, K.ERR_INVALID_PARAMETER])
+       | st.builds(K.Reply, st.integers(0, 0xFFFF_FFFF), st.binary(max_size=600)))  # fmt: skip
+def test_the_twins_encode_every_reply_alike(hdr: tuple[int, ...], reply: K.Reply) -> None:
+    assert _commands.encode(hdr, reply) == K.encode_py(hdr, reply)
+    assert type(_commands.encode(hdr, reply)) is bytes
+
+
 def test_the_compiled_decoder_is_the_one_in_use() -> None:
-    assert K.decode_control is _commands.decode_control and K.IMPORT_ERROR is None
+    assert K.decode_control is _commands.decode_control and K.encode is _commands.encode
+    assert K.IMPORT_ERROR is None
     flush = W.CTRL_HDR.pack(W.VIRTIO_GPU_CMD_RESOURCE_FLUSH, 1, 7, 2, 0) + W.RESOURCE_FLUSH.pack(1, 2, 3, 4, 5, 0)
     chain, keep = chain_of(flush, [])
     assert K.decode_control(chain) == ((W.VIRTIO_GPU_CMD_RESOURCE_FLUSH, 1, 7, 2, 0), K.ResourceFlush(1, 2, 3, 4, 5, 0))

@@ -1,17 +1,20 @@
 # cython: language_level=3
-"""The compiled twin of :func:`.commands.decode_control`: the header and the body of a fixed-size
-control command read straight from the bytes the chain gave, into the same typed values, with
-no ``struct`` call and no lookup but one table index. Every control command comes this way.
+"""The compiled twins of :func:`.commands.decode_control` and :func:`.commands.encode`: the
+header and the body of a fixed-size control command read straight from the bytes the chain
+gave, into the same typed values, with no ``struct`` call and no lookup but one table index;
+the response header written straight into the response. Every control command comes this way.
 
 The layouts are not written here: at import, the ``struct`` formats of ``wire.CTRL_HDR`` and of
 ``commands.CONTROL_LAYOUTS`` (their one home) are turned into a table of field widths and
-offsets. Commands outside the table (GET_DISPLAY_INFO, ATTACH_BACKING, the rest) go on to
+offsets. Commands outside the table (ATTACH_BACKING, the rest) go on to
 :func:`.commands.decode_other`, as in the pure-Python twin.
 """
 
+from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize
 from cpython.ref cimport Py_INCREF
 from cpython.tuple cimport PyTuple_New, PyTuple_SET_ITEM
 from libc.stdint cimport uint32_t, uint64_t
+from libc.string cimport memcpy, memset
 
 from . import commands as K
 from . import wire as W
@@ -22,9 +25,13 @@ cdef extern from *:
     #include <string.h>
     static inline uint32_t vhs_le32(const unsigned char *p) { uint32_t v; memcpy(&v, p, 4); return le32toh(v); }
     static inline uint64_t vhs_le64(const unsigned char *p) { uint64_t v; memcpy(&v, p, 8); return le64toh(v); }
+    static inline void vhs_put32(unsigned char *p, uint32_t v) { v = htole32(v); memcpy(p, &v, 4); }
+    static inline void vhs_put64(unsigned char *p, uint64_t v) { v = htole64(v); memcpy(p, &v, 8); }
     """
     uint32_t vhs_le32(const unsigned char *p) nogil
     uint64_t vhs_le64(const unsigned char *p) nogil
+    void vhs_put32(unsigned char *p, uint32_t v) nogil
+    void vhs_put64(unsigned char *p, uint64_t v) nogil
 
 DEF MAX_FIELDS = 16
 #: Control command types are 0x01nn (2D) and 0x02nn (3D); the table covers nn < TYPES of both.
@@ -47,6 +54,10 @@ cdef object _new = tuple.__new__
 cdef object _decode_other = K.decode_other
 cdef tuple _no_header = K.NO_HEADER
 cdef object _bad = K.ERR_INVALID_PARAMETER
+cdef object _ok_nodata = K.OK_NODATA
+cdef bytes _nodata_bytes = K.NODATA_BYTES
+cdef uint32_t _FENCE = W.VIRTIO_GPU_FLAG_FENCE
+cdef uint32_t _RING_IDX = W.VIRTIO_GPU_FLAG_INFO_RING_IDX
 
 
 cdef int _compile(Layout *lay, str fmt, int base) except -1:
@@ -139,3 +150,36 @@ def decode_control(chain) -> tuple:
         return hdr, _bad
     cls = _classes[((ctype >> 8) - 1) * TYPES + (ctype & 0xFF)]
     return hdr, _new(cls, _fields(lay, p + _hdr_size))
+
+
+cdef inline void _put(const Layout *lay, int i, unsigned char *p, uint64_t v) noexcept nogil:
+    if lay.width[i] == 4:
+        vhs_put32(p + lay.offset[i], <uint32_t> v)
+    elif lay.width[i] == 8:
+        vhs_put64(p + lay.offset[i], v)
+    else:
+        p[lay.offset[i]] = <unsigned char> v
+
+
+def encode(hdr, reply) -> bytes:
+    """The response bytes: header (fence and ring index echoed when fenced) and body (as the pure twin)."""
+    cdef uint32_t flags = hdr[1]  # HDR_FLAGS
+    if not flags & _FENCE and reply is _ok_nodata:
+        return _nodata_bytes
+    body = reply[1]
+    if type(body) is not bytes:
+        body = bytes(body)
+    cdef Py_ssize_t n = len(<bytes> body)
+    cdef bytes out = PyBytes_FromStringAndSize(NULL, _hdr_size + n)
+    cdef unsigned char *p = <unsigned char *> PyBytes_AS_STRING(out)
+    memset(p, 0, _hdr_size)
+    _put(&_header, 0, p, <uint32_t> reply[0])
+    cdef uint32_t ring
+    if flags & _FENCE:
+        ring = flags & _RING_IDX
+        _put(&_header, 1, p, _FENCE | ring)
+        _put(&_header, 2, p, <uint64_t> hdr[2])
+        _put(&_header, 3, p, <uint32_t> hdr[3])
+        _put(&_header, 4, p, <unsigned char> hdr[4] if ring else 0)
+    memcpy(p + _hdr_size, PyBytes_AS_STRING(<bytes> body), n)
+    return out

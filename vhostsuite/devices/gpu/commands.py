@@ -188,11 +188,11 @@ _MEM_ENTRY = W.MEM_ENTRY
 
 _new = tuple.__new__
 _unpack_header = W.CTRL_HDR.unpack_from
-GET_DISPLAY_INFO = GetDisplayInfo()
 
 #: The fixed-size 2D commands: command type -> (its body's layout, its type). The compiled
 #: decoder (_commands.pyx) reads its table from here too.
 CONTROL_LAYOUTS: dict[int, tuple[object, type]] = {
+    W.VIRTIO_GPU_CMD_GET_DISPLAY_INFO: (W.NO_BODY, GetDisplayInfo),
     W.VIRTIO_GPU_CMD_GET_EDID: (W.CMD_GET_EDID, GetEdid),
     W.VIRTIO_GPU_CMD_RESOURCE_CREATE_2D: (W.RESOURCE_CREATE_2D, ResourceCreate2D),
     W.VIRTIO_GPU_CMD_RESOURCE_UNREF: (W.RESOURCE_UNREF, ResourceUnref),
@@ -269,8 +269,6 @@ def decode_control(chain: Chain) -> tuple[Header, Command | Reply]:
 def decode_other(chain: Chain, raw: bytes, hdr: Header) -> Command | Reply:
     """A control command that is not in CONTROL_LAYOUTS (*raw*: what decode_control read)."""
     ctype = hdr[0]  # HDR_TYPE
-    if ctype == W.VIRTIO_GPU_CMD_GET_DISPLAY_INFO:
-        return GET_DISPLAY_INFO
     if ctype == W.VIRTIO_GPU_CMD_RESOURCE_ATTACH_BACKING:
         if len(raw) < _ATTACH_SIZE:
             return ERR_INVALID_PARAMETER
@@ -307,7 +305,8 @@ def decode_cursor(chain: Chain) -> tuple[Header, Command | Reply]:
     return hdr, UpdateCursor(ctype == W.VIRTIO_GPU_CMD_MOVE_CURSOR, sid, x, y, rid, hot_x, hot_y)
 
 
-_NODATA_BYTES = W.CTRL_HDR.pack(W.VIRTIO_GPU_RESP_OK_NODATA, 0, 0, 0, 0)
+#: OK_NODATA's response to a command without a fence: the commonest answer, made once.
+NODATA_BYTES = W.CTRL_HDR.pack(W.VIRTIO_GPU_RESP_OK_NODATA, 0, 0, 0, 0)
 
 
 _FENCE = W.VIRTIO_GPU_FLAG_FENCE
@@ -318,7 +317,7 @@ def encode(hdr: Header, reply: Reply) -> bytes:
     flags = hdr[1]  # HDR_FLAGS
     if not flags & _FENCE:
         if reply is OK_NODATA:
-            return _NODATA_BYTES
+            return NODATA_BYTES
         return W.CTRL_HDR.pack(reply[0], 0, 0, 0, 0) + reply[1]
     _, _, fence_id, ctx_id, ring_idx = hdr
     ring = flags & W.VIRTIO_GPU_FLAG_INFO_RING_IDX
@@ -326,13 +325,15 @@ def encode(hdr: Header, reply: Reply) -> bytes:
     return head + reply[1]
 
 
-# The compiled twin of decode_control (_commands.pyx), unless it is missing or
-# VHOSTSUITE_NO_EXTENSIONS is set; the pure one stays as decode_control_py (the tests compare).
+# The compiled twins of decode_control and encode (_commands.pyx), unless they are missing or
+# VHOSTSUITE_NO_EXTENSIONS is set; the pure ones stay as decode_control_py and encode_py (the
+# tests compare).
 decode_control_py = decode_control
+encode_py = encode
 #: Why the compiled decoder could not be used (None: it is in use, or NO_EXTENSIONS asked not to).
 IMPORT_ERROR: str | None = None
 if not NO_EXTENSIONS:
     try:
-        from ._commands import decode_control  # noqa: F811
+        from ._commands import decode_control, encode  # noqa: F811
     except ImportError as e:  # not built, or built for another interpreter
         IMPORT_ERROR = str(e)

@@ -115,6 +115,8 @@ RESOURCE_ATTACH_BACKING = struct.Struct("<II")  # resource_id, nr_entries
 MEM_ENTRY = struct.Struct("<QII")  # addr, length, padding
 RESOURCE_DETACH_BACKING = struct.Struct("<II")  # resource_id, padding
 CMD_GET_EDID = struct.Struct("<II")  # scanout, padding
+#: The body of a command that is its header alone (GET_DISPLAY_INFO).
+NO_BODY = struct.Struct("<")
 #: struct virtio_gpu_update_cursor after the header: pos{scanout_id, x, y, padding}, resource_id, hot_x, hot_y, padding
 UPDATE_CURSOR = struct.Struct("<IIIIIIII")
 #: struct virtio_gpu_display_one
