@@ -27,11 +27,17 @@ cdef extern from *:
     static inline uint64_t vhs_le64(const unsigned char *p) { uint64_t v; memcpy(&v, p, 8); return le64toh(v); }
     static inline void vhs_put32(unsigned char *p, uint32_t v) { v = htole32(v); memcpy(p, &v, 4); }
     static inline void vhs_put64(unsigned char *p, uint64_t v) { v = htole64(v); memcpy(p, &v, 8); }
+    /* An empty instance of the tuple type cls with n items, as tuple.__new__(cls, ...) makes
+       one but without the tuple of values it would copy from. */
+    static inline PyObject *vhs_tuple_of(PyObject *cls, Py_ssize_t n) {
+        return ((PyTypeObject *) cls)->tp_alloc((PyTypeObject *) cls, n);
+    }
     """
     uint32_t vhs_le32(const unsigned char *p) nogil
     uint64_t vhs_le64(const unsigned char *p) nogil
     void vhs_put32(unsigned char *p, uint32_t v) nogil
     void vhs_put64(unsigned char *p, uint64_t v) nogil
+    object vhs_tuple_of(object cls, Py_ssize_t n)
 
 DEF MAX_FIELDS = 16
 #: Control command types are 0x01nn (2D) and 0x02nn (3D); the table covers nn < TYPES of both.
@@ -50,7 +56,6 @@ cdef Layout _table[2][TYPES]
 cdef list _classes = [None] * (2 * TYPES)
 cdef int _hdr_size = W.CTRL_HDR.size
 cdef Py_ssize_t _read_ahead = K.READ_AHEAD
-cdef object _new = tuple.__new__
 cdef object _decode_other = K.decode_other
 cdef tuple _no_header = K.NO_HEADER
 cdef object _bad = K.ERR_INVALID_PARAMETER
@@ -99,8 +104,9 @@ cdef Layout *_lookup(uint32_t ctype) noexcept:
     return lay if lay.size else NULL
 
 
-cdef tuple _fields(const Layout *lay, const unsigned char *p):
-    cdef tuple t = PyTuple_New(lay.nfields)
+cdef object _fields(const Layout *lay, const unsigned char *p, object cls=None):
+    """The fields at *p*, as a tuple, or as an instance of the tuple type *cls*."""
+    cdef object t = PyTuple_New(lay.nfields) if cls is None else vhs_tuple_of(cls, lay.nfields)
     cdef object v
     cdef int i
     for i in range(lay.nfields):
@@ -125,6 +131,8 @@ def _build() -> None:
         if not (0 <= kind <= 1 and index < TYPES):
             raise ValueError(f"command type {ctype:#x} is outside the table")
         lay = &_table[kind][index]
+        if not issubclass(cls, tuple):
+            raise TypeError(f"command type {ctype:#x}: {cls.__name__} is not a tuple type")
         _compile(lay, layout.format, _hdr_size)
         if lay.size != W.COMMAND_SIZES[ctype]:
             raise ValueError(f"command type {ctype:#x}: the layout and COMMAND_SIZES disagree")
@@ -141,7 +149,7 @@ def decode_control(chain) -> tuple:
     if n < _hdr_size:
         return _no_header, _bad
     cdef const unsigned char *p = <const unsigned char *> <char *> raw
-    cdef tuple hdr = _fields(&_header, p)
+    cdef tuple hdr = <tuple> _fields(&_header, p)
     cdef uint32_t ctype = vhs_le32(p)
     cdef Layout *lay = _lookup(ctype)
     if lay == NULL:
@@ -149,7 +157,7 @@ def decode_control(chain) -> tuple:
     if n < lay.size:
         return hdr, _bad
     cls = _classes[((ctype >> 8) - 1) * TYPES + (ctype & 0xFF)]
-    return hdr, _new(cls, _fields(lay, p + _hdr_size))
+    return hdr, _fields(lay, p + _hdr_size, cls)
 
 
 cdef inline void _put(const Layout *lay, int i, unsigned char *p, uint64_t v) noexcept nogil:
