@@ -90,14 +90,19 @@ def test_with_its_recommends_the_installed_gpu_serves_3d(recommends_root: Path, 
     """As apt installs it (Recommends too), on a host without a GPU: "virgl" is offered and the
     gpu-3d guest draws through the installed program."""
     run = [CHROOT, str(recommends_root), "/usr/libexec/vhost-user-gpu"]
-    shutil.rmtree(recommends_root / "run/vhostsuite", ignore_errors=True)
-    # the first answer is the renderer's, in a child; the second the record that left (root's is in /run)
+    record = recommends_root / "run/vhostsuite/virgl-probe"
+    shutil.rmtree(record.parent, ignore_errors=True)
+    caps = subprocess.run([*run, "--print-capabilities"], capture_output=True, text=True, timeout=30, env=CHROOT_ENV)
+    assert json.loads(caps.stdout) == {"type": "gpu", "features": ["virgl"]}, caps.stdout + caps.stderr
+    assert not record.exists()  # no /proc in this chroot: the renderer's files are unknown, nothing recorded
+    # with /proc, as on a host: the first answer is the renderer's, the second the record's (root's is in /run)
+    with_proc = ["unshare", "--mount", "--fork", "sh", "-c",
+                 f'mount -t proc proc "$0/proc" && exec {CHROOT} "$0" "$@"', *run[1:]]  # fmt: skip
     for _ in range(2):
-        caps = subprocess.run([*run, "--print-capabilities"], capture_output=True, text=True, timeout=30,
+        caps = subprocess.run([*with_proc, "--print-capabilities"], capture_output=True, text=True, timeout=30,
                               env=CHROOT_ENV)  # fmt: skip
         assert json.loads(caps.stdout) == {"type": "gpu", "features": ["virgl"]}, caps.stdout + caps.stderr
-        assert "/usr/lib/vhostsuite/python/vhostsuite/devices/gpu/_virgl." in (
-            recommends_root / "run/vhostsuite/virgl-probe").read_text()
+        assert "/usr/lib/vhostsuite/python/vhostsuite/devices/gpu/_virgl." in record.read_text()
     sock = recommends_root / "tmp/gpu.sock"
     sock.unlink(missing_ok=True)
     be = Backend([*run, "--virgl", "--socket-path=/tmp/gpu.sock", "-v"], tmp_path)

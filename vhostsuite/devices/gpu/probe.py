@@ -69,9 +69,10 @@ def _probe(render_node: str | None) -> tuple[bool, list[str]]:
             if available() is None:
                 init_renderer(render_node)
                 ok = True
+                # without /proc (a chroot, say) the answer stands, and nothing is recorded
                 _write_all(wfd, "\n".join(mapped_files()).encode(errors="surrogateescape"))
-        except BaseException:  # noqa: BLE001 - any failure is a "no"
-            ok = False
+        except BaseException:  # noqa: BLE001 - any failure before the renderer is up is a "no"
+            pass
         finally:
             os._exit(0 if ok else 1)
     os.close(wfd)
