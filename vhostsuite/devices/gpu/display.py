@@ -474,8 +474,9 @@ class DisplayChannel:
         its reply, which a responsive display sends within microseconds: its payload, or None
         if it came as a failure (hang-up, short reply) or no reply can be waited for. When it
         does not come in time, :data:`PENDING`: the caller then gives :meth:`on_late` the
-        callback that gets it, as :meth:`request`'s would. Held output goes first; what
-        follows is gathered again."""
+        callback that gets it, as :meth:`request`'s would. A question of a kind still
+        outstanding, or behind output the socket has not taken, is not waited for (the reply
+        can't be near). Held output goes first; what follows is gathered again."""
         if self._held:
             views, self._held, self._held_bytes, self._held_tail = self._held, [], 0, None
             self._send_views(views, "held messages")
