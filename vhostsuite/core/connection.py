@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import array
 import errno
-import logging
 import os
 import resource
 import select
@@ -24,6 +23,7 @@ import socket
 import time
 from collections.abc import Callable
 
+from . import logger
 from . import protocol as P
 from .device import Device, Response
 from .errors import GuestMemoryError, StartupError
@@ -40,7 +40,7 @@ from .virtio import (
 )
 from .vring import Vring
 
-log = logging.getLogger("vhostsuite.connection")
+log = logger.get("vhostsuite.connection")
 #: Refused messages, rate-limited: a front-end can't flood the host's logs either.
 refusals = GuestLog(log)
 
@@ -273,7 +273,7 @@ class Connection:
     def handle(self, msg: P.Message) -> None:
         """Handle one message and send what the reply rules ask for. Never lets a bad message crash us."""
         fds = list(msg.fds)
-        if log.isEnabledFor(logging.DEBUG):
+        if log.isEnabledFor(logger.DEBUG):
             log.debug("<- %s flags=%#x size=%d fds=%d", msg.name, msg.flags, len(msg.payload), len(fds))
         handler = self._requests.get(msg.request)
         ok = True

@@ -37,6 +37,8 @@ from __future__ import annotations
 from collections import namedtuple
 from collections.abc import Callable, Sequence
 
+from . import logger
+
 #: typing.TYPE_CHECKING without importing typing: this module is on every program's start-up
 #: path (``--print-capabilities`` included), and typing costs ~5 ms there.
 TYPE_CHECKING = False
@@ -120,9 +122,7 @@ class Device:
     device_features: int = 0
 
     def __init__(self) -> None:
-        import logging  # here, not at the top: see TYPE_CHECKING
-
-        self.log = logging.getLogger(f"vhostsuite.{self.backend_type or 'device'}")
+        self.log = logger.get(f"vhostsuite.{self.backend_type or 'device'}")
         self.ctx: DeviceContext | None = None
         self.acked_features = 0
         #: The device's queues, in virtqueue index order.

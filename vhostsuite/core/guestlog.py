@@ -12,10 +12,11 @@ rule.
 
 from __future__ import annotations
 
-import logging
 import os
 import sys
 import time
+
+from . import logger
 
 #: typing.TYPE_CHECKING without importing typing (every start pays for it otherwise).
 TYPE_CHECKING = False
@@ -27,25 +28,25 @@ INTERVAL = 5.0
 
 
 class GuestLog:
-    def __init__(self, log: logging.Logger) -> None:
+    def __init__(self, log: logger.Logger) -> None:
         self.log = log
         #: kind -> [messages so far, left out since the last summary, when that summary was]
         self._kinds: dict[str, list] = {}
 
     def info(self, kind: str, msg: str, *args: object) -> None:
         """Like :meth:`warn`, at INFO level (shown with ``-v``)."""
-        self._emit(logging.INFO, kind, msg, args)
+        self._emit(logger.INFO, kind, msg, args)
 
     def warn(self, kind: str, msg: str, *args: object) -> None:
         """Log *msg* % *args* unless this *kind* already had its share."""
-        self._emit(logging.WARNING, kind, msg, args)
+        self._emit(logger.WARNING, kind, msg, args)
 
     def error(self, kind: str, msg: str, *args: object) -> None:
         """Like :meth:`warn`, at ERROR level."""
-        self._emit(logging.ERROR, kind, msg, args)
+        self._emit(logger.ERROR, kind, msg, args)
 
     def _emit(self, level: int, kind: str, msg: str, args: tuple[object, ...]) -> None:
-        if self.log.isEnabledFor(logging.DEBUG):
+        if self.log.isEnabledFor(logger.DEBUG):
             self.log.log(level, msg, *args)
             return
         now = time.monotonic()
@@ -92,9 +93,7 @@ class StderrCapture:
         encoding = getattr(sys.stderr, "encoding", None) or "utf-8"
         stream = open(self._real, "w", buffering=1, encoding=encoding,  # noqa: SIM115 - lives with the process
                       errors="backslashreplace", closefd=False)  # fmt: skip
-        for handler in logging.getLogger().handlers:
-            if isinstance(handler, logging.StreamHandler) and handler.stream is sys.stderr:
-                handler.setStream(stream)
+        logger.set_stream(stream)
         sys.stderr = stream
         if faulthandler.is_enabled():
             faulthandler.enable(stream)

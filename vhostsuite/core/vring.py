@@ -17,10 +17,10 @@ twice or lost.
 
 from __future__ import annotations
 
-import logging
 import os
 from collections import deque
 
+from . import logger
 from .device import PENDING, QueueSpec, Response
 from .errors import GuestMemoryError, RingError
 from .loop import Loop, signal_eventfd
@@ -37,7 +37,7 @@ if TYPE_CHECKING:
     from .memory import GuestMemory
     from .protocol import VringAddr
 
-log = logging.getLogger("vhostsuite.vring")
+log = logger.get("vhostsuite.vring")
 
 #: Chains popped per queue per turn of the loop. Chosen by measurement (a guest flooding rng's
 #: 256-entry queue with 512-byte chains): 4 -> 173 k chains/s, slowest vhost-user answer 2 ms;

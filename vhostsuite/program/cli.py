@@ -115,10 +115,10 @@ def print_capabilities(backend_type: str, features: list[str]) -> int:
 
 
 def setup_logging(prog: str, verbose: int, quiet: bool) -> None:
-    import logging
+    from ..core import logger
 
-    level = logging.ERROR if quiet else (logging.WARNING, logging.INFO, logging.DEBUG)[min(verbose, 2)]
-    logging.basicConfig(level=level, format=f"{prog}: %(levelname)s: %(message)s", stream=sys.stderr)
+    level = logger.ERROR if quiet else (logger.WARNING, logger.INFO, logger.DEBUG)[min(verbose, 2)]
+    logger.configure(prog, level)
 
 
 def check_connection_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
@@ -145,9 +145,10 @@ def run(
     check_connection_args(parser, args)
     setup_logging(prog, args.verbose, args.quiet)
     import faulthandler
-    import logging
 
-    log = logging.getLogger("vhostsuite")
+    from ..core import logger
+
+    log = logger.get("vhostsuite")
     # A fatal signal (SIGSEGV, SIGBUS, ...) says where on stderr instead of dying silently; the
     # compiled core replaces the SIGBUS report with one naming the guest region.
     faulthandler.enable()

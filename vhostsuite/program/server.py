@@ -3,19 +3,19 @@
 from __future__ import annotations
 
 import argparse
-import logging
 import os
 import signal
 import socket
 from collections.abc import Callable
 
+from ..core import logger
 from ..core.connection import Connection, Disconnected, FatalProtocolError
 from ..core.device import Device
 from ..core.errors import EXIT_FAILURE, EXIT_OK, StartupError
 from ..core.loop import Loop, Terminate, install_signal_handlers
 from .unix import listen, socket_from_fd
 
-log = logging.getLogger("vhostsuite")
+log = logger.get("vhostsuite")
 
 
 def serve(args: argparse.Namespace, make_device: Callable[[argparse.Namespace], Device]) -> int:

@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-import logging
-
+from ...core import logger
 from ...core.guestlog import GuestLog
 from . import commands as K
 from . import pixels
@@ -15,7 +14,7 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     from .display import DisplayChannel
 
-log = logging.getLogger("vhostsuite.gpu")
+log = logger.get("vhostsuite.gpu")
 guest_log = GuestLog(log)
 
 

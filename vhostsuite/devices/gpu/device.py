@@ -19,9 +19,9 @@ before the question was sent, so it is as fresh as theirs would be.
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Callable, Sequence
 
+from ...core import logger
 from ...core.device import PENDING, Device, QueueSpec, Response
 from ...core.protocol import Request
 from ...core.virtio import VIRTIO_ID_GPU, bit
@@ -41,7 +41,7 @@ if TYPE_CHECKING:
     from ...core.ring import Chain
     from .virgl import Virgl
 
-log = logging.getLogger("vhostsuite.gpu")
+log = logger.get("vhostsuite.gpu")
 
 CONTROL_QUEUE = 0
 CURSOR_QUEUE = 1

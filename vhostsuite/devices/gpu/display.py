@@ -31,7 +31,6 @@ loop for long:
 
 from __future__ import annotations
 
-import logging
 import os
 import select
 import socket
@@ -39,12 +38,13 @@ import time
 from collections import deque
 from collections.abc import Callable
 
+from ...core import logger
 from ...core.device import PENDING
 from ...core.loop import Loop
 from . import pixels
 from . import wire as W
 
-log = logging.getLogger("vhostsuite.gpu.display")
+log = logger.get("vhostsuite.gpu.display")
 
 #: sendmsg() takes at most IOV_MAX buffers.
 _IOV_MAX = 1024

@@ -10,10 +10,10 @@ entries and addresses.
 
 from __future__ import annotations
 
-import logging
 import mmap
 from collections.abc import Callable, Sequence
 
+from ...core import logger
 from ...core.errors import GuestMemoryError
 from ...core.guestlog import GuestLog
 from . import commands as K
@@ -25,7 +25,7 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     from ...core.memory import GuestMemory, Region
 
-log = logging.getLogger("vhostsuite.gpu")
+log = logger.get("vhostsuite.gpu")
 guest_log = GuestLog(log)
 
 #: What a backing entry costs against --max-hostmem (its views and bookkeeping).

@@ -26,12 +26,12 @@ already run and must not run again.
 from __future__ import annotations
 
 import errno
-import logging
 import os
 import time
 from collections import deque
 from collections.abc import Callable
 
+from ...core import logger
 from ...core.device import PENDING
 from ...core.errors import GuestMemoryError
 from ...core.guestlog import GuestLog, StderrCapture
@@ -46,7 +46,7 @@ if TYPE_CHECKING:
     from ...core.memory import GuestMemory
     from ...core.ring import Chain
 
-log = logging.getLogger("vhostsuite.gpu")
+log = logger.get("vhostsuite.gpu")
 guest_log = GuestLog(log)
 
 #: gallium's pipe_texture_target values the guest may create (PIPE_BUFFER .. PIPE_TEXTURE_CUBE_ARRAY).

@@ -110,9 +110,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             except C.DescriptionError as e:
                 raise cli.StartupError(f"--virtual={args.virtual}: {e}") from None
             if args.control_socket is None:
-                import logging
+                from ...core import logger
 
-                logging.getLogger("vhostsuite.input").warning(
+                logger.get("vhostsuite.input").warning(
                     "no --control-socket: the virtual device will never send events"
                 )
             source = VirtualSource(desc, args.control_socket)

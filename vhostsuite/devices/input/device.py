@@ -50,11 +50,11 @@ status buffer whose length is not a multiple of 8 has its tail ignored (with a w
 
 from __future__ import annotations
 
-import logging
 import struct
 import time
 from collections import deque
 
+from ...core import logger
 from ...core.device import PENDING, Device, QueueSpec, Response
 from ...core.errors import RingError
 from ...core.guestlog import GuestLog
@@ -70,7 +70,7 @@ if TYPE_CHECKING:
     from ...core.ring import Chain
     from .sources import EventSource
 
-log = logging.getLogger("vhostsuite.input")
+log = logger.get("vhostsuite.input")
 guest_log = GuestLog(log)
 
 EVENT_QUEUE = 0

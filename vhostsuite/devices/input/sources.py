@@ -35,12 +35,12 @@ from __future__ import annotations
 
 import errno
 import json
-import logging
 import os
 import socket
 import stat
 from collections.abc import Callable
 
+from ...core import logger
 from ...core.errors import StartupError
 from ...program.unix import listen
 from . import config as C
@@ -52,7 +52,7 @@ if TYPE_CHECKING:
 
     from ...core.loop import Loop
 
-log = logging.getLogger("vhostsuite.input")
+log = logger.get("vhostsuite.input")
 
 Event = tuple[int, int, int]
 Sink = Callable[[list[Event]], None]
