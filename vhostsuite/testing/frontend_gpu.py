@@ -155,14 +155,14 @@ class GpuDisplay:
         return len(held)
 
     def _reply(self, request: int, payload: bytes) -> None:
+        """Send or hold a reply; the caller holds ``_send_lock``."""
         if not self.answer:
             return
         msg = W.GPU_HEADER.pack(request, W.VHOST_USER_GPU_MSG_FLAG_REPLY, len(payload)) + payload
-        with self._send_lock:
-            if self._held is not None and request in (W.VHOST_USER_GPU_GET_DISPLAY_INFO, W.VHOST_USER_GPU_GET_EDID):
-                self._held.append(msg)
-            else:
-                self.sock.sendall(msg)
+        if self._held is not None and request in (W.VHOST_USER_GPU_GET_DISPLAY_INFO, W.VHOST_USER_GPU_GET_EDID):
+            self._held.append(msg)
+        else:
+            self.sock.sendall(msg)
 
     def _run(self) -> None:
         try:
@@ -212,6 +212,12 @@ class GpuDisplay:
                 self.cond.notify_all()
             return
         body = bytes(payload)
+        # Recording a request and holding (or sending) its reply is one step under the send
+        # lock: a test that saw the request and then calls release_replies() finds its reply.
+        with self._send_lock:
+            self._record_and_reply(request, flags, body)
+
+    def _record_and_reply(self, request: int, flags: int, body: bytes) -> None:
         with self.cond:
             self.messages.append(DisplayMessage(request, flags, body))
             if request == W.VHOST_USER_GPU_SCANOUT and len(body) >= W.GPU_SCANOUT.size:
