@@ -61,3 +61,29 @@ def test_a_closed_stream_loses_the_line_only(stream) -> None:
     logger.configure("p", logger.WARNING)
     stream.close()
     logger.get("x").error("nobody hears this")  # must not raise
+
+
+def test_out_of_fds_the_exception_is_still_named() -> None:
+    """traceback is imported when a traceback is first logged; out of fds (often the very error
+    being logged) that import fails, and the line must still say what went wrong."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    code = (
+        "import os, resource, sys\nfrom vhostsuite.core import logger\n"
+        "logger.configure('p', logger.WARNING)\n"
+        "sys.modules.pop('traceback', None); sys.modules.pop('linecache', None)\n"
+        "n = len(os.listdir('/proc/self/fd')) - 1  # the listing's own fd is closed again\n"
+        "resource.setrlimit(resource.RLIMIT_NOFILE, (n, resource.getrlimit(resource.RLIMIT_NOFILE)[1]))\n"
+        "try:\n    os.pipe()\nexcept OSError as e:\n    logger.get('x').error('accept failed', exc_info=e)\n"
+        "print('went on')\n"
+    )
+    root = Path(__file__).resolve().parents[1]
+    r = subprocess.run([sys.executable, "-S", "-c", code], capture_output=True, text=True, timeout=30,
+                       env={**os.environ, "PYTHONPATH": str(root)})  # fmt: skip
+    assert r.stdout == "went on\n", r.stderr
+    first, second = r.stderr.splitlines()
+    assert first == "p: ERROR: accept failed"
+    assert second.startswith("  OSError: [Errno 24] Too many open files (no traceback: ")

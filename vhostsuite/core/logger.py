@@ -48,9 +48,7 @@ def _emit(level: int, msg: str, args: tuple[object, ...], exc: BaseException | b
     head = f"{_prefix}{_NAMES.get(level, level)}: " if _prefix else ""
     line = f"{head}{text}\n"
     if exc:
-        import traceback  # only when there is a traceback to show
-
-        line += traceback.format_exc() if exc is True else "".join(traceback.format_exception(exc))
+        line += _traceback(exc)
     stream = _stream if _stream is not None else sys.stderr
     if stream is None:  # no stderr at all (pythonw-like embedding)
         return
@@ -59,6 +57,22 @@ def _emit(level: int, msg: str, args: tuple[object, ...], exc: BaseException | b
         stream.flush()
     except (OSError, ValueError):  # stderr closed or gone: the message is lost, the program goes on
         pass
+
+
+def _traceback(exc: BaseException | bool) -> str:
+    """The traceback of *exc* (True: the one being handled). traceback is imported here, when
+    there is one to show; where that import fails (out of fds: the very error being logged,
+    often) the line still names the exception."""
+    if exc is True:
+        exc = sys.exc_info()[1] or True
+    try:
+        import traceback
+    except (ImportError, OSError) as e:
+        what = f"{type(exc).__name__}: {exc}" if isinstance(exc, BaseException) else "an exception"
+        return f"  {what} (no traceback: {e})\n"
+    if not isinstance(exc, BaseException):
+        return ""
+    return "".join(traceback.format_exception(exc))
 
 
 class Logger:

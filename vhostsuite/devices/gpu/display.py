@@ -31,6 +31,7 @@ loop for long:
 
 from __future__ import annotations
 
+import fcntl
 import os
 import select
 import socket
@@ -399,8 +400,6 @@ class DisplayChannel:
             self._out_bytes -= PART_COST
 
     def _make_pipe(self) -> bool:
-        import fcntl
-
         try:
             r, w = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
         except OSError as e:  # out of fds: copy instead
