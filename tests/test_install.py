@@ -147,8 +147,8 @@ def test_man_pages_name_every_option_and_render_without_warnings(installed: Path
 
     for prog, module in manpage.PROGRAMS.items():
         page = (installed / f"usr/share/man/man1/{prog}.1").read_text()
-        for action in importlib.import_module(module).make_parser()._actions:
-            for opt in action.option_strings:
+        for option in importlib.import_module(module).make_parser().options:
+            for opt in option.names:
                 assert "\\fB" + opt.replace("-", "\\-") + "\\fR" in page, (prog, opt)
         # FILES names the discovery file where this install put it (datadir)
         dev = prog.removeprefix("vhost-user-")

@@ -13,6 +13,7 @@ import pytest
 
 from vhostsuite import NO_EXTENSIONS
 from vhostsuite.core import ring
+from vhostsuite.testing.backend import BIN, Backend, child_env
 
 SERVING = {
     "rng": ["vhostsuite.devices.rng", "vhostsuite.program.server"],
@@ -59,8 +60,8 @@ def test_compiled_ring_does_not_load_its_twin() -> None:
 
 @pytest.mark.parametrize("program", ["rng", "gpu", "input"])
 def test_print_capabilities_imports_only_the_entry_module(program: str) -> None:
-    """libvirt runs it at every domain start: no argparse, logging, json, re or typing (~30 ms
-    here). -S keeps site's own imports (e.g. a .pth file) out of what is counted."""
+    """libvirt runs it at every domain start: not even our option parser, nor json, re or typing.
+    -S keeps site's own imports (e.g. a .pth file) out of what is counted."""
     code = (
         "import sys\nsys.argv = ['x', '--print-capabilities']\n"
         f"import vhostsuite.devices.{program} as m\nm.main()\nprint(' '.join(sys.modules))"
@@ -70,7 +71,72 @@ def test_print_capabilities_imports_only_the_entry_module(program: str) -> None:
                          env={**os.environ, "PYTHONPATH": str(root)}).stdout  # fmt: skip
     caps, modules = out.splitlines()
     assert json.loads(caps)["type"] == program
-    assert not {"argparse", "logging", "json", "re", "typing", "enum", "socket"} & set(modules.split())
+    assert not {"vhostsuite.program.options", "argparse", "logging", "json", "re", "typing", "enum", "socket"} & set(
+        modules.split()
+    )
+
+
+#: What a program must not have loaded by the time it listens: the standard library's argparse
+#: and logging (which bring re, gettext, locale, shutil, traceback, threading: ~20 ms of Debian
+#: 13's Python, paid at every domain start), json, dataclasses and asyncio.
+NOT_WHEN_LISTENING = {"argparse", "logging", "re", "gettext", "locale", "shutil", "traceback", "threading",
+                      "json", "dataclasses", "inspect", "asyncio", "typing"}  # fmt: skip
+LISTEN_ARGS = {"rng": [], "gpu": [], "input": ["--virtual=keyboard"]}
+
+
+def _site_dirs(*packages: str) -> list[str]:
+    """Where *packages* are installed, for PYTHONPATH under -S (which skips site and its .pth files)."""
+    import importlib.util
+
+    dirs = []
+    for name in packages:
+        spec = importlib.util.find_spec(name)
+        if spec is not None and spec.submodule_search_locations:
+            dirs.append(str(Path(next(iter(spec.submodule_search_locations))).parent))
+    return dirs
+
+
+def _import_tree(stderr: str) -> dict[str, list[str]]:
+    """Each module ``-X importtime`` reported, with the modules whose import brought it in (a
+    child is printed before its parent, indented two more spaces)."""
+    rows = []
+    for line in stderr.splitlines():
+        fields = line.split("|")
+        if line.startswith("import time:") and len(fields) == 3 and fields[1].strip().isdigit():
+            name = fields[2].rstrip()
+            rows.append((len(name) - len(name.lstrip()), name.strip()))
+    tree = {}
+    for i, (depth, name) in enumerate(rows):
+        parents = []
+        for d, parent in rows[i + 1 :]:
+            if d < depth:
+                parents.append(parent)
+                depth = d
+        tree[name] = parents
+    return tree
+
+
+@pytest.mark.parametrize("program", sorted(LISTEN_ARGS))
+def test_a_listening_program_has_loaded_none_of_the_heavy_modules(program: str, tmp_path: Path) -> None:
+    """The real program, run until its socket exists, under ``-X importtime`` (every module it
+    imported, on stderr). Input may have typing, which python-evdev's ecodes imports (with re
+    on older Pythons), and json (with re), which its control socket speaks: json is imported at
+    start, not at a client's arrival, where fds may have run out."""
+    sock = tmp_path / "s.sock"
+    env = child_env()
+    env["PYTHONPATH"] = os.pathsep.join([env["PYTHONPATH"], *_site_dirs("cairo", "evdev")])
+    argv = [sys.executable, "-S", "-X", "importtime", str(BIN / f"vhost-user-{program}"), f"--socket-path={sock}"]
+    be = Backend([*argv, *LISTEN_ARGS[program]], tmp_path, env=env)
+    try:
+        be.wait_listening(sock)
+        assert be.terminate() == 0
+    finally:
+        be.stop()
+    tree = _import_tree(be.stderr())
+    assert "vhostsuite.program.server" in tree, be.stderr()[-2000:]
+    allowed = {"typing", "json"} if program == "input" else set()
+    heavy = {m: tree[m] for m in NOT_WHEN_LISTENING & tree.keys() if not allowed & {m, *tree[m]}}
+    assert heavy == {}, "module: imported by"
 
 
 def test_a_virtual_input_device_does_not_import_the_evdev_package() -> None:

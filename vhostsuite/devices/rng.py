@@ -15,9 +15,8 @@ from ..program import cli
 #: typing.TYPE_CHECKING without importing typing (see vhostsuite.program.cli).
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    import argparse
-
     from ..core.ring import Chain
+    from ..program.options import Namespace, Parser
 
 #: The most bytes handed out per request; a larger buffer is filled partly, as the driver allows.
 MAX_REQUEST = 64 * 1024
@@ -67,7 +66,7 @@ def capabilities() -> tuple[str, list[str]]:
     return "rng", []
 
 
-def make_parser() -> argparse.ArgumentParser:
+def make_parser() -> Parser:
     parser = cli.make_parser(
         "vhost-user-rng",
         "vhost-user back-end for virtio-rng: serves the guest random bytes from the host kernel.",
@@ -84,7 +83,7 @@ def make_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    def make_device(args: argparse.Namespace) -> RngDevice:
+    def make_device(args: Namespace) -> RngDevice:
         return RngDevice(args.rng_source)
 
     return cli.run("vhost-user-rng", make_parser, argv, capabilities, make_device)

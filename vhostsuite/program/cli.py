@@ -14,46 +14,47 @@ from .. import NO_EXTENSIONS, __version__
 from ..core.errors import EXIT_FAILURE, EXIT_OK, EXIT_USAGE, StartupError
 
 # --print-capabilities (libvirt runs it at every domain start) imports nothing but this module
-# and the device's entry module: argparse, logging and json (with re and enum, ~30 ms here) are
-# imported where they are used. typing.TYPE_CHECKING without importing typing:
+# and the device's entry module: the option parser and json (with re and enum) are imported
+# where they are used. typing.TYPE_CHECKING without importing typing:
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    import argparse
     from collections.abc import Callable, Sequence
+
+    from .options import Namespace, Parser
 
 __all__ = ["EXIT_FAILURE", "EXIT_OK", "EXIT_USAGE", "StartupError", "UsageError", "make_parser", "run"]
 
 
 class UsageError(Exception):
-    """Options that don't go together, found by the device's factory: reported as argparse
-    reports a bad option (usage, the message, status 2)."""
+    """Options that don't go together, found by the device's factory: reported as a bad option
+    is (usage, the message, status 2)."""
 
 
-def make_parser(prog: str, description: str, epilog: str | None = None) -> argparse.ArgumentParser:
-    import argparse
+def make_parser(prog: str, description: str, epilog: str | None = None) -> Parser:
+    from .options import Parser
 
-    p = argparse.ArgumentParser(
-        prog=prog,
-        description=description,
-        epilog=epilog,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+    p = Parser(prog, description, epilog)
     conn = p.add_argument_group("connection (exactly one)")
     conn.add_argument("--socket-path", metavar="PATH", help="listen on this UNIX socket for one front-end")
     conn.add_argument(
-        "--fd", metavar="FDNUM", type=int, help="serve the already connected socket FDNUM (as libvirt passes it)"
+        "--fd", metavar="FDNUM", type=fd_number, help="serve the already connected socket FDNUM (as libvirt passes it)"
     )
     p.add_argument(
         "--print-capabilities",
         action="store_true",
         help="print the capabilities JSON on stdout and exit 0, ignoring other options",
     )
-    p.add_argument("-v", "--verbose", action="count", default=0, help="more logging on stderr (-vv: debug)")
+    p.add_argument("-v", "--verbose", action="count", help="more logging on stderr (-vv: debug)")
     p.add_argument("-q", "--quiet", action="store_true", help="log errors only")
-    p.add_argument(
-        "-V", "--version", action=_version_action(), help="show the version and what the hot path runs on, and exit"
-    )
+    p.add_argument("-V", "--version", action=_version, help="show the version and what the hot path runs on, and exit")
     return p
+
+
+def fd_number(text: str) -> int:
+    try:
+        return int(text)
+    except ValueError:
+        raise ValueError(f"invalid int value: {text!r}") from None
 
 
 def implementation(pixels: bool = True) -> tuple[str, str | None]:
@@ -77,20 +78,11 @@ def implementation(pixels: bool = True) -> tuple[str, str | None]:
     return f"pure-Python {what}: the compiled extensions can't be used", "; ".join(problems)
 
 
-def _version_action() -> type[argparse.Action]:
-    """--version, naming the implementation (a class made here: argparse is imported lazily)."""
-    import argparse
-
-    class Version(argparse.Action):
-        def __init__(self, option_strings: Sequence[str], dest: str = argparse.SUPPRESS, **kwargs: object) -> None:
-            super().__init__(option_strings, dest, nargs=0, default=argparse.SUPPRESS, **kwargs)
-
-        def __call__(self, parser: argparse.ArgumentParser, *args: object) -> None:
-            what, why = implementation()
-            sys.stdout.write(f"{parser.prog} (vhostsuite) {__version__}: {what}" + (f" ({why})" if why else "") + "\n")
-            parser.exit()
-
-    return Version
+def _version(parser: Parser) -> None:
+    """--version, naming the implementation."""
+    what, why = implementation()
+    sys.stdout.write(f"{parser.prog} (vhostsuite) {__version__}: {what}" + (f" ({why})" if why else "") + "\n")
+    parser.exit()
 
 
 def wants_capabilities(argv: Sequence[str]) -> bool:
@@ -121,17 +113,17 @@ def setup_logging(prog: str, verbose: int, quiet: bool) -> None:
     logger.configure(prog, level)
 
 
-def check_connection_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+def check_connection_args(parser: Parser, args: Namespace) -> None:
     if (args.socket_path is None) == (args.fd is None):
         parser.error("exactly one of --socket-path and --fd is required")
 
 
 def run(
     prog: str,
-    make_parser: Callable[[], argparse.ArgumentParser],
+    make_parser: Callable[[], Parser],
     argv: Sequence[str] | None,
     capabilities: Callable[[], tuple[str, list[str]]],
-    make_device: Callable[[argparse.Namespace], object],
+    make_device: Callable[[Namespace], object],
     uses_pixels: bool = False,
 ) -> int:
     """Parse (the parser is made only when needed), then serve. *make_device* may raise

@@ -9,12 +9,15 @@ discovery file.
 
 from __future__ import annotations
 
-import argparse
 import importlib
 import sys
 from collections.abc import Sequence
 
 from .. import __version__
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from .options import Option, Parser
 
 #: Program name -> the module whose make_parser() builds its command line.
 PROGRAMS = {
@@ -58,33 +61,32 @@ def _esc(text: str) -> str:
     return "\n".join(out)
 
 
-def _option(action: argparse.Action) -> str:
-    names = ", ".join(f"\\fB{_esc(o)}\\fR" for o in action.option_strings)
-    if action.nargs != 0 and action.metavar is not None:
-        names += f"=\\fI{_esc(str(action.metavar))}\\fR"
-    return f".TP\n{names}\n{_esc(action.help or '')}\n"
+def _option(option: Option) -> str:
+    names = ", ".join(f"\\fB{_esc(o)}\\fR" for o in option.names)
+    if option.takes_value:
+        names += f"=\\fI{_esc(str(option.metavar))}\\fR"
+    return f".TP\n{names}\n{_esc(option.help or '')}\n"
 
 
-def render(prog: str, parser: argparse.ArgumentParser, date: str = "", datadir: str = "/usr/share") -> str:
+def render(prog: str, parser: Parser, date: str = "", datadir: str = "/usr/share") -> str:
     """The page of *prog*; *datadir* is where ``make install`` puts the discovery file."""
     dev = prog.removeprefix("vhost-user-")
     page = [f'.TH {prog.upper().replace("-", chr(92) + "-")} 1 "{date}" "vhostsuite {__version__}" "vhostsuite"\n']
     page.append(f".SH NAME\n{_esc(prog)} \\- vhost\\-user {dev} device back-end\n")
-    usage = parser.format_usage().removeprefix("usage: ").strip()
-    page.append(f".SH SYNOPSIS\n.nf\n{_esc(usage)}\n.fi\n")
+    # filled, not pre-wrapped: man wraps it to the reader's terminal
+    page.append(f".SH SYNOPSIS\n.B {_esc(prog)}\n{_esc(' '.join(parser.usage_words()))}\n")
     page.append(f".SH DESCRIPTION\n{_esc(parser.description or '')}\n")
     page.append(
         ".PP\nQEMU (or libvirt) starts it and connects over a UNIX socket; it serves that one front-end and "
         "exits when it hangs up. Exactly one of \\fB\\-\\-socket\\-path\\fR and \\fB\\-\\-fd\\fR is given.\n"
     )
     page.append(".SH OPTIONS\n")
-    for group in parser._action_groups:  # argparse keeps no public list of groups
-        actions = [a for a in group._group_actions if a.option_strings and a.help != argparse.SUPPRESS]
-        if not actions:
+    for group in parser.groups:
+        if not group.options:
             continue
-        if group.title not in ("options", "optional arguments"):
+        if group.title != "options":
             page.append(f".SS {_esc(group.title.capitalize())}\n")
-        page.extend(_option(a) for a in actions)
+        page.extend(_option(o) for o in group.options)
     if parser.epilog:
         body = parser.epilog.split("\n", 1)[1] if parser.epilog.startswith("example") else parser.epilog
         page.append(f".SH EXAMPLES\n.nf\n{_esc(body)}\n.fi\n")

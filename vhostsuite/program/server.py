@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import os
 import signal
 import socket
@@ -15,10 +14,15 @@ from ..core.errors import EXIT_FAILURE, EXIT_OK, StartupError
 from ..core.loop import Loop, Terminate, install_signal_handlers
 from .unix import listen, socket_from_fd
 
+#: typing.TYPE_CHECKING without importing typing.
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from .options import Namespace
+
 log = logger.get("vhostsuite")
 
 
-def serve(args: argparse.Namespace, make_device: Callable[[argparse.Namespace], Device]) -> int:
+def serve(args: Namespace, make_device: Callable[[Namespace], Device]) -> int:
     """Serve one front-end until it hangs up (0), a signal (0, or 130 for SIGINT) or a fatal error (1)."""
     install_signal_handlers()
     loop = Loop()

@@ -28,10 +28,11 @@ def child_env() -> dict[str, str]:
 class Backend:
     """A back-end program running in a child process, with its stderr kept for assertions."""
 
-    def __init__(self, argv: list[str], tmp: Path, pass_fds: tuple[int, ...] = ()) -> None:
+    def __init__(self, argv: list[str], tmp: Path, pass_fds: tuple[int, ...] = (),
+                 env: dict[str, str] | None = None) -> None:  # fmt: skip
         self.stderr_path = tmp / f"stderr-{time.monotonic_ns()}.log"
         self._stderr = open(self.stderr_path, "w+b")  # noqa: SIM115 - closed in stop()
-        self.proc = subprocess.Popen(argv, stderr=self._stderr, pass_fds=pass_fds, env=child_env())
+        self.proc = subprocess.Popen(argv, stderr=self._stderr, pass_fds=pass_fds, env=env or child_env())
 
     def wait_listening(self, path: Path, timeout: float = 10.0) -> None:
         """Wait until the program's socket file *path* exists (it is listening)."""

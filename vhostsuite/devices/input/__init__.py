@@ -20,11 +20,11 @@ from collections.abc import Sequence
 
 from ...program import cli
 
-#: typing.TYPE_CHECKING without importing typing; argparse is imported where it is used, so
-#: that --print-capabilities imports neither (see vhostsuite.program.cli).
+#: typing.TYPE_CHECKING without importing typing; the option parser is imported where it is
+#: used, so that --print-capabilities imports neither (see vhostsuite.program.cli).
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    import argparse
+    from ...program.options import Namespace, Parser
 
 __all__ = ["main", "capabilities"]
 
@@ -34,18 +34,16 @@ def capabilities() -> tuple[str, list[str]]:
 
 
 def _positive(text: str) -> int:
-    import argparse
-
     try:
         n = int(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+        raise ValueError(f"{text!r} is not an integer") from None
     if n < 2:
-        raise argparse.ArgumentTypeError("must be at least 2")
+        raise ValueError("must be at least 2")
     return n
 
 
-def make_parser() -> argparse.ArgumentParser:
+def make_parser() -> Parser:
     parser = cli.make_parser(
         "vhost-user-input",
         "vhost-user back-end for virtio-input: passes a host evdev device through, or serves a "
@@ -81,7 +79,7 @@ def make_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    def make_device(args: argparse.Namespace):  # noqa: ANN202 - imports are deferred to here
+    def make_device(args: Namespace):  # noqa: ANN202 - imports are deferred to here
         from .device import MAX_PENDING, InputDevice
 
         if (args.evdev_path is None) == (args.virtual is None):

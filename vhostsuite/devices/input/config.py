@@ -11,7 +11,6 @@ This module imports ``evdev.ecodes`` only to turn code *names* into numbers.
 
 from __future__ import annotations
 
-import json
 import os
 import struct
 import sys
@@ -476,6 +475,8 @@ def _absinfo(axis: str, info: Any) -> AbsInfo:
 
 
 def from_json(path: str) -> Description:
+    import json  # with re and its compiler, ~4 ms: only a --virtual=FILE start needs it
+
     try:
         with open(path, encoding="utf-8") as f:
             data = json.load(f)
