@@ -19,7 +19,7 @@ with atheris.instrument_imports():
     from vhostsuite.core.loop import Loop
     from vhostsuite.devices.rng import RngDevice
 
-REQUESTS = [int(r) for r in P.Request] + [0, 44, 99, 0xFFFFFFFF]
+REQUESTS = [*P.Request.names(), 0, 44, 99, 0xFFFFFFFF]
 
 
 def TestOneInput(data: bytes) -> None:  # noqa: N802 - atheris' name

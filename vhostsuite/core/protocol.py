@@ -6,12 +6,33 @@ host's native byte order, as the spec says.
 
 from __future__ import annotations
 
-import enum
 import struct
 from collections import namedtuple
 
 
-class Request(enum.IntEnum):
+class Numbering:
+    """One of the spec's tables of numbers: ``Request.GET_FEATURES`` is the int 1,
+    ``Request.name(1)`` is ``"GET_FEATURES"`` and ``Request.names()`` maps every number to its
+    name, in order.
+
+    Not :class:`enum.IntEnum`: enum and its class machinery cost ~5 ms of every start of
+    Debian 13's Python, and a number that comes off the wire is used as the int it is (an
+    unknown one too), only named in a log line."""
+
+    @classmethod
+    def names(cls) -> dict[int, str]:
+        names = cls.__dict__.get("_names")
+        if names is None:
+            names = {v: k for k, v in vars(cls).items() if k.isupper() and type(v) is int}
+            cls._names = names
+        return names
+
+    @classmethod
+    def name(cls, value: int) -> str:
+        return cls.names().get(value) or f"UNKNOWN({value})"
+
+
+class Request(Numbering):
     """Front-end to back-end message ids."""
 
     GET_FEATURES = 1
@@ -59,7 +80,7 @@ class Request(enum.IntEnum):
     CHECK_DEVICE_STATE = 43
 
 
-class BackendRequest(enum.IntEnum):
+class BackendRequest(Numbering):
     """Back-end to front-end message ids (on the SET_BACKEND_REQ_FD socket)."""
 
     IOTLB_MSG = 1
@@ -69,7 +90,7 @@ class BackendRequest(enum.IntEnum):
     VRING_ERR = 5
 
 
-class ProtocolFeature(enum.IntEnum):
+class ProtocolFeature(Numbering):
     """``VHOST_USER_PROTOCOL_F_*`` bit numbers."""
 
     MQ = 0
@@ -183,10 +204,7 @@ class Message(namedtuple("Message", "request flags payload fds", defaults=((),))
 
     @property
     def name(self) -> str:
-        try:
-            return Request(self.request).name
-        except ValueError:
-            return f"UNKNOWN({self.request})"
+        return Request.name(self.request)
 
 
 #: ``VhostUserMemoryRegion``.

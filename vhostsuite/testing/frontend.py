@@ -352,7 +352,7 @@ class Frontend:
         """Send with NEED_REPLY when REPLY_ACK is negotiated and raise if the back-end says it failed."""
         reply = self.call(request, payload, fds, need_reply=self._ack())
         if reply is not None and P.decode_u64(reply) != 0:
-            raise FrontendError(f"back-end refused {P.Request(request).name}")
+            raise FrontendError(f"back-end refused {P.Request.name(request)}")
 
     # -- typed messages ----------------------------------------------------------------
     def get_u64(self, request: int) -> int:
@@ -536,7 +536,7 @@ def probe(fe: Frontend, config_size: int = 0) -> dict:
     out: dict = {"features": f"{features:#x}"}
     if features & bit(P.VHOST_USER_F_PROTOCOL_FEATURES):
         pf = fe.get_protocol_features()
-        out["protocol_features"] = sorted(f.name for f in P.ProtocolFeature if pf & bit(f))
+        out["protocol_features"] = sorted(name for n, name in P.ProtocolFeature.names().items() if pf & bit(n))
         fe.set_protocol_features(pf)
         if pf & bit(P.ProtocolFeature.MQ):
             out["queues"] = fe.get_u64(P.Request.GET_QUEUE_NUM)
