@@ -19,7 +19,6 @@ import errno
 import os
 import resource
 import select
-import socket
 import time
 from collections.abc import Callable
 
@@ -31,6 +30,7 @@ from .guestlog import GuestLog
 from .loop import Loop, signal_eventfd
 from .memory import GuestMemory, Region, close_fds
 from .ring import Chain
+from .sockets import CMSG_SPACE, MSG_CMSG_CLOEXEC, MSG_CTRUNC, MSG_DONTWAIT, SCM_RIGHTS, SOL_SOCKET, Socket
 from .virtio import (
     VIRTIO_CONFIG_S_NEEDS_RESET,
     VIRTIO_F_VERSION_1,
@@ -67,7 +67,7 @@ CORE_FEATURES = (
 #: (not per recv(): a front-end that drips a byte now and then still runs out of time).
 PAYLOAD_TIMEOUT = 5.0
 
-_CMSG_SPACE = socket.CMSG_SPACE(P.MAX_FDS * array.array("i").itemsize)
+_CMSG_SPACE = CMSG_SPACE(P.MAX_FDS * array.array("i").itemsize)
 
 
 class Disconnected(Exception):
@@ -90,7 +90,7 @@ RequestHandler = Callable[[bytes, list[int]], "bytes | None"]
 class Connection:
     """Serves one front-end on *sock* for *device* until the front-end hangs up."""
 
-    def __init__(self, sock: socket.socket, device: Device, loop: Loop) -> None:
+    def __init__(self, sock: Socket, device: Device, loop: Loop) -> None:
         self.sock = sock
         self.device = device
         self.loop = loop
@@ -99,7 +99,7 @@ class Connection:
         self.protocol_features = 0
         self.status = 0
         self.owner = False
-        self.backend_req: socket.socket | None = None
+        self.backend_req: Socket | None = None
         self.rings = [Vring(i, spec, loop, self) for i, spec in enumerate(device.queues)]
         self.closed = False
         self._requests = self._request_table()
@@ -182,7 +182,7 @@ class Connection:
             # Never more than this message still needs: the next one's bytes (and fds) stay queued.
             try:
                 data, ancdata, msg_flags, _ = self.sock.recvmsg(
-                    want, _CMSG_SPACE, socket.MSG_CMSG_CLOEXEC | socket.MSG_DONTWAIT
+                    want, _CMSG_SPACE, MSG_CMSG_CLOEXEC | MSG_DONTWAIT
                 )
             except BlockingIOError:
                 if buf and self._started is None:  # part of a message is here: its time runs
@@ -192,7 +192,7 @@ class Connection:
             except ConnectionResetError as e:
                 raise Disconnected() from e
             self._fds.extend(_fds_from_ancdata(ancdata))
-            if msg_flags & socket.MSG_CTRUNC:
+            if msg_flags & MSG_CTRUNC:
                 raise FatalProtocolError(_fds_cut_short())
             if not data:
                 raise Disconnected()
@@ -234,7 +234,7 @@ class Connection:
 
     def _request_table(self) -> dict[int, RequestHandler]:
         """Every request this core handles, and the device's own."""
-        R = P.Request  # noqa: N806 - the enum, for a table that reads like the spec
+        R = P.Request  # noqa: N806 - the numbers, for a table that reads like the spec
         table: dict[int, RequestHandler] = {
             R.GET_FEATURES: self.get_features,
             R.SET_FEATURES: self.set_features,
@@ -546,7 +546,7 @@ class Connection:
     def set_backend_req_fd(self, payload: bytes, fds: list[int]) -> None:
         fd = self._take_fd(fds, True, "SET_BACKEND_REQ_FD")
         try:
-            sock = socket.socket(fileno=fd)
+            sock = Socket(fileno=fd)
         except OSError as e:
             close_fds([fd])
             raise Failed(f"backend request fd is not a socket: {e}") from e
@@ -574,7 +574,7 @@ class Connection:
         raise Failed("dirty logging (migration) is not supported")
 
 
-def send_whole(sock: socket.socket, data: bytes, what: str, timeout: float = PAYLOAD_TIMEOUT) -> None:
+def send_whole(sock: Socket, data: bytes, what: str, timeout: float = PAYLOAD_TIMEOUT) -> None:
     """Send all of *data* within *timeout* (whole, not per send()): a peer that takes nothing
     holds the loop that long at most. Disconnected if it is gone, FatalProtocolError if it is
     too slow (the stream is cut in the middle of a message then)."""
@@ -583,7 +583,7 @@ def send_whole(sock: socket.socket, data: bytes, what: str, timeout: float = PAY
     poller = None
     while view:
         try:
-            view = view[sock.send(view, socket.MSG_DONTWAIT) :]
+            view = view[sock.send(view, MSG_DONTWAIT) :]
             continue
         except BlockingIOError:
             pass
@@ -619,7 +619,7 @@ def _fds_cut_short() -> str:
 def _fds_from_ancdata(ancdata: list[tuple[int, int, bytes]]) -> list[int]:
     fds: list[int] = []
     for level, kind, data in ancdata:
-        if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+        if level == SOL_SOCKET and kind == SCM_RIGHTS:
             arr = array.array("i")
             arr.frombytes(data[: len(data) - len(data) % arr.itemsize])
             fds.extend(arr)

@@ -16,8 +16,11 @@ import heapq
 import itertools
 import os
 import select
-import signal
 import time
+
+# _signal, the C module signal.py wraps: signal.py builds IntEnum classes at import (enum,
+# ~5 ms of every start), and the loop needs three numbers and one call.
+from _signal import SIG_IGN, SIGINT, SIGPIPE, SIGTERM, signal
 from collections import deque
 from collections.abc import Callable
 
@@ -196,10 +199,21 @@ def install_signal_handlers() -> None:
     def handler(signum: int, frame: object) -> None:
         raise Terminate(signum)
 
-    signal.signal(signal.SIGTERM, handler)
-    signal.signal(signal.SIGINT, handler)
+    signal(SIGTERM, handler)
+    signal(SIGINT, handler)
     # A hung-up front-end must not kill us with SIGPIPE; writes report EPIPE instead.
-    signal.signal(signal.SIGPIPE, signal.SIG_IGN)
+    signal(SIGPIPE, SIG_IGN)
+
+
+def ignore_stop_signals() -> None:
+    """SIGTERM and SIGINT are ignored from now on (while the program cleans up and exits)."""
+    signal(SIGTERM, SIG_IGN)
+    signal(SIGINT, SIG_IGN)
+
+
+def signal_name(signum: int) -> str:
+    """``SIGTERM`` for the signals :func:`install_signal_handlers` catches."""
+    return {SIGTERM: "SIGTERM", SIGINT: "SIGINT"}.get(signum, f"signal {signum}")
 
 
 def drain_eventfd(fd: int) -> None:

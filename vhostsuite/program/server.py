@@ -3,15 +3,14 @@
 from __future__ import annotations
 
 import os
-import signal
-import socket
 from collections.abc import Callable
 
 from ..core import logger
 from ..core.connection import Connection, Disconnected, FatalProtocolError
 from ..core.device import Device
 from ..core.errors import EXIT_FAILURE, EXIT_OK, StartupError
-from ..core.loop import Loop, Terminate, install_signal_handlers
+from ..core.loop import SIGTERM, Loop, Terminate, ignore_stop_signals, install_signal_handlers, signal_name
+from ..core.sockets import MSG_PEEK, Socket, accept
 from .unix import listen, socket_from_fd
 
 #: typing.TYPE_CHECKING without importing typing.
@@ -26,7 +25,7 @@ def serve(args: Namespace, make_device: Callable[[Namespace], Device]) -> int:
     """Serve one front-end until it hangs up (0), a signal (0, or 130 for SIGINT) or a fatal error (1)."""
     install_signal_handlers()
     loop = Loop()
-    listener: socket.socket | None = None
+    listener: Socket | None = None
     created: str | None = None
     conn: Connection | None = None
     device: Device | None = None
@@ -59,11 +58,10 @@ def serve(args: Namespace, make_device: Callable[[Namespace], Device]) -> int:
         log.error("%s", e)
         return EXIT_FAILURE
     except Terminate as t:
-        log.info("%s received; exiting", signal.Signals(t.signum).name)
-        return EXIT_OK if t.signum == signal.SIGTERM else 128 + t.signum
+        log.info("%s received; exiting", signal_name(t.signum))
+        return EXIT_OK if t.signum == SIGTERM else 128 + t.signum
     finally:
-        signal.signal(signal.SIGTERM, signal.SIG_IGN)
-        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        ignore_stop_signals()
         if conn is not None:
             conn.close()
         if device is not None:
@@ -85,23 +83,23 @@ MAX_SILENT = 16
 ACCEPT_BACKOFF = 1.0
 
 
-def _accept(loop: Loop, listener: socket.socket) -> socket.socket:
+def _accept(loop: Loop, listener: Socket) -> Socket:
     """The first connection that sends something. One that hangs up before its first byte
     (e.g. another instance probing whether the path is live) is dropped, and we keep waiting;
     so is the oldest silent one when :data:`MAX_SILENT` wait, or when fds run out."""
-    accepted: list[socket.socket] = []
-    pending: list[socket.socket] = []
+    accepted: list[Socket] = []
+    pending: list[Socket] = []
 
     def drop_oldest() -> None:
         s = pending.pop(0)
         loop.remove_reader(s.fileno())
         s.close()
 
-    def on_data(s: socket.socket) -> None:
+    def on_data(s: Socket) -> None:
         loop.remove_reader(s.fileno())
         pending.remove(s)
         try:
-            first = s.recv(1, socket.MSG_PEEK)
+            first = s.recv(1, MSG_PEEK)
         except OSError:
             first = b""
         if not first:
@@ -115,7 +113,7 @@ def _accept(loop: Loop, listener: socket.socket) -> socket.socket:
 
     def on_accept() -> None:
         try:
-            s, _ = listener.accept()
+            s = accept(listener)
         except (BlockingIOError, InterruptedError):
             return
         except OSError as e:  # EMFILE, ENFILE, ENOMEM: the connection stays queued

@@ -4,13 +4,13 @@ and adopting an inherited, already connected fd."""
 from __future__ import annotations
 
 import os
-import socket
 import stat
 
 from ..core.errors import StartupError
+from ..core.sockets import AF_UNIX, SO_ACCEPTCONN, SOCK_STREAM, SOL_SOCKET, Socket, unix_stream
 
 
-def socket_from_fd(fd: int) -> socket.socket:
+def socket_from_fd(fd: int) -> Socket:
     """The connected stream socket *fd*, or StartupError saying why it is not usable."""
     try:
         st = os.fstat(fd)
@@ -18,17 +18,17 @@ def socket_from_fd(fd: int) -> socket.socket:
         raise StartupError(f"--fd={fd}: {e.strerror}") from None
     if not stat.S_ISSOCK(st.st_mode):
         raise StartupError(f"--fd={fd} is not a socket")
-    sock = socket.socket(fileno=fd)
-    if sock.family != socket.AF_UNIX or sock.type != socket.SOCK_STREAM:
+    sock = Socket(fileno=fd)
+    if sock.family != AF_UNIX or sock.type != SOCK_STREAM:
         sock.detach()
         raise StartupError(f"--fd={fd} is not a UNIX stream socket")
-    if sock.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN):
+    if sock.getsockopt(SOL_SOCKET, SO_ACCEPTCONN):
         sock.detach()
         raise StartupError(f"--fd={fd} is a listening socket; --fd takes an already connected one")
     return sock
 
 
-def listen(path: str, option: str = "--socket-path", backlog: int = 1) -> socket.socket:
+def listen(path: str, option: str = "--socket-path", backlog: int = 1) -> Socket:
     """Listen on *path* (given as *option*); a stale socket file there is replaced (nobody
     answers a connect), a live one or anything else is a StartupError."""
     opt = f"{option}={path}"
@@ -41,7 +41,7 @@ def listen(path: str, option: str = "--socket-path", backlog: int = 1) -> socket
     else:
         if not stat.S_ISSOCK(st.st_mode):
             raise StartupError(f"{opt} exists and is not a socket")
-        probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        probe = unix_stream()
         try:
             probe.connect(path)
         except OSError:
@@ -50,7 +50,7 @@ def listen(path: str, option: str = "--socket-path", backlog: int = 1) -> socket
             raise StartupError(f"{opt}: another program is listening there")
         finally:
             probe.close()
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock = unix_stream()
     try:
         sock.bind(path)
         sock.listen(backlog)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import stat
+import sys
 from collections.abc import Sequence
 
 from ...program import cli
@@ -139,13 +140,20 @@ def check_options(args: Namespace) -> None:
             raise cli.StartupError(f"--virgl: {e.strerror}: {reason}") from None
 
 
+def _importable(name: str) -> bool:
+    """Top-level module *name* can be imported: what importlib.util.find_spec() asks of the
+    import system's finders, without importing importlib.util (with contextlib, ~2 ms)."""
+    return name in sys.modules or any(
+        getattr(finder, "find_spec", None) is not None and finder.find_spec(name, None) is not None
+        for finder in sys.meta_path
+    )
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     def make_device(args: Namespace):  # noqa: ANN202 - imports the device lazily
         check_options(args)
-        from importlib.util import find_spec
-
         # cairo is imported by the first cursor image, not at start-up; its absence is found now.
-        if find_spec("cairo") is None:
+        if not _importable("cairo"):
             raise cli.StartupError("pycairo is not installed (Debian: python3-cairo); the cursor needs it")
         from .device import GpuDevice
 

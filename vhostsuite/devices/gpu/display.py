@@ -34,7 +34,6 @@ from __future__ import annotations
 import fcntl
 import os
 import select
-import socket
 import time
 from collections import deque
 from collections.abc import Callable
@@ -42,6 +41,7 @@ from collections.abc import Callable
 from ...core import logger
 from ...core.device import PENDING
 from ...core.loop import Loop
+from ...core.sockets import AF_UNIX, SO_SNDBUF, SOCK_STREAM, SOL_SOCKET, Socket
 from . import pixels
 from . import wire as W
 
@@ -116,7 +116,7 @@ class _Pages:
 class DisplayChannel:
     """One display socket. ``on_close`` is called once when it goes away (not on :meth:`close`)."""
 
-    def __init__(self, sock: socket.socket, loop: Loop, timeout: float, on_close: Callable[[], None]) -> None:
+    def __init__(self, sock: Socket, loop: Loop, timeout: float, on_close: Callable[[], None]) -> None:
         self.sock = sock
         self.loop = loop
         self.timeout = timeout
@@ -158,7 +158,7 @@ class DisplayChannel:
         self._by_reference = pixels.COMPILED
         sock.setblocking(False)
         try:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SNDBUF)
+            sock.setsockopt(SOL_SOCKET, SO_SNDBUF, SNDBUF)
         except OSError:  # not ours to size (a socket type that refuses it): the default works too
             pass
         loop.add_reader(sock.fileno(), self._on_readable)
@@ -167,10 +167,10 @@ class DisplayChannel:
     def from_fd(cls, fd: int, loop: Loop, timeout: float, on_close: Callable[[], None]) -> DisplayChannel:
         """Adopt *fd*; on ValueError the caller still owns (and closes) it."""
         try:
-            sock = socket.socket(fileno=fd)
+            sock = Socket(fileno=fd)
         except OSError as e:
             raise ValueError(f"GPU_SET_SOCKET: fd is not a socket: {e}") from None
-        if sock.family != socket.AF_UNIX or sock.type != socket.SOCK_STREAM:
+        if sock.family != AF_UNIX or sock.type != SOCK_STREAM:
             sock.detach()
             raise ValueError("GPU_SET_SOCKET: fd is not a UNIX stream socket")
         os.set_inheritable(fd, False)

@@ -36,12 +36,12 @@ from __future__ import annotations
 import errno
 import json
 import os
-import socket
 import stat
 from collections.abc import Callable
 
 from ...core import logger
 from ...core.errors import StartupError
+from ...core.sockets import Socket, accept
 from ...program.unix import listen
 from . import config as C
 
@@ -251,7 +251,7 @@ class VirtualSource:
     # -- connections
     def _on_accept(self) -> None:
         try:
-            sock, _ = self.listener.accept()
+            sock = accept(self.listener)
         except (BlockingIOError, InterruptedError):
             return
         except OSError as e:
@@ -451,7 +451,7 @@ class VirtualSource:
 class _Client:
     __slots__ = ("sock", "inbuf", "outbuf", "lineno")
 
-    def __init__(self, sock: socket.socket) -> None:
+    def __init__(self, sock: Socket) -> None:
         self.sock = sock
         self.inbuf = bytearray()
         self.outbuf = bytearray()
@@ -485,7 +485,7 @@ def describe(desc: C.Description) -> dict[str, Any]:
     }
 
 
-def _listen(path: str) -> socket.socket:
+def _listen(path: str) -> Socket:
     """A non-blocking listening socket on *path* (a stale socket file is replaced)."""
     # Clients may connect before the front-end (the loop serves them from then on): as many
     # as may be served wait in the backlog.
