@@ -58,9 +58,9 @@ def _probe(render_node: str | None) -> tuple[bool, list[str]]:
         ok = False
         try:
             os.close(rfd)
-            import signal
+            from _signal import alarm  # signal.py would build its enums first (~8 ms)
 
-            signal.alarm(10)  # a hung driver ends the probe, not the caller
+            alarm(10)  # a hung driver ends the probe, not the caller
             devnull = os.open(os.devnull, os.O_WRONLY)
             os.dup2(devnull, 1)  # the caller's output is its own
             os.dup2(devnull, 2)

@@ -34,7 +34,6 @@ A client that stops reading while more than 1 MiB of output waits for it is disc
 from __future__ import annotations
 
 import errno
-import json
 import os
 import stat
 from collections.abc import Callable
@@ -227,13 +226,27 @@ def _open_evdev(path: str) -> Any:
 # -- virtual devices ---------------------------------------------------------------------------
 
 
+#: The control socket's JSON, imported with the socket: ~10 ms of Debian 13's Python (json
+#: brings re and enum) that a device without one does not pay, and at start, where a client's
+#: arrival may find no fd left to import it with.
+json: Any = None
+
+
+def _import_json() -> None:
+    global json  # noqa: PLW0603 - the one module-wide binding, made once
+    import json
+
+
 class VirtualSource:
     """A virtual device whose events come from clients of a control socket (see module doc)."""
 
     def __init__(self, description: C.Description, control_path: str | None) -> None:
         self.description = description
         self.control_path = control_path
-        self.listener = _listen(control_path) if control_path is not None else None
+        self.listener = None
+        if control_path is not None:
+            _import_json()
+            self.listener = _listen(control_path)
         self.clients: dict[int, _Client] = {}
         self.loop: Loop | None = None
         self._sink: Sink | None = None
