@@ -71,6 +71,8 @@ def test_an_empty_value_is_a_value() -> None:
                                 "base 10: '1.5'"),
         (["--virgl=1"], "vhost-user-test: error: argument --virgl: ignored explicit argument '1'"),
         (["--quiet", "--", "x"], "vhost-user-test: error: unrecognized arguments: x"),
+        (["-q-v"], "vhost-user-test: error: unrecognized arguments: -q-v"),
+        (["-qx"], "vhost-user-test: error: unrecognized arguments: -qx"),
     ],
 )  # fmt: skip
 def test_usage_errors(capsys: pytest.CaptureFixture[str], argv: list[str], message: str) -> None:

@@ -105,7 +105,7 @@ class Parser:
         option = self._by_name.get(name)
         if option is not None:
             return option
-        if name.startswith("--"):  # a unique prefix of a long name, as argparse allows
+        if name.startswith("--") and len(name) > 2:  # a unique prefix of a long name, as argparse allows
             matches = sorted(n for n in self._by_name if n.startswith("--") and n.startswith(name))
             if len(matches) == 1:
                 return self._by_name[matches[0]]
@@ -156,7 +156,9 @@ class Parser:
             # short options, bundled: -vv, -vq; a value option takes the rest or the next argument
             j = 1
             while j < len(arg):
-                option = self._find("-" + arg[j])
+                option = self._by_name.get("-" + arg[j])
+                if option is None:  # short names are never prefixes; the message names all of it
+                    self.error(f"unrecognized arguments: {arg}")
                 j += 1
                 if option.takes_value:
                     value = arg[j:]
