@@ -112,3 +112,76 @@ def test_idle_rss(benchmark, name):
     benchmark.extra_info["rss_kib"] = rss
     print(f"\nidle RSS of {name} with a front-end connected: {rss / 1024:.1f} MiB")
     assert rss > 0
+
+
+#: Run in the install root: median of *rounds* starts to listening of each program and of
+#: ``python3 -c pass``, in ms, as JSON (Debian's own python3, the package as installed).
+_IN_ROOT = r"""
+import json, os, socket, subprocess, sys, time
+progs = json.loads(sys.argv[1])
+rounds = int(sys.argv[2])
+def listen(argv):
+    path = "/tmp/bench.sock"
+    if os.path.exists(path):
+        os.unlink(path)
+    t0 = time.perf_counter()
+    p = subprocess.Popen([*argv, "--socket-path=" + path], stderr=subprocess.DEVNULL)
+    s = socket.socket(socket.AF_UNIX)
+    while True:
+        try:
+            s.connect(path)
+            break
+        except (FileNotFoundError, ConnectionRefusedError):
+            if p.poll() is not None or time.perf_counter() - t0 > 10:
+                raise SystemExit(f"{argv} did not listen")
+            time.sleep(0.0003)
+    took = time.perf_counter() - t0
+    s.close(); p.kill(); p.wait()
+    return took
+def passes():
+    t0 = time.perf_counter(); subprocess.run(["python3", "-c", "pass"], check=True); return time.perf_counter() - t0
+def med(f):
+    return round(1000 * sorted(f() for _ in range(rounds))[rounds // 2], 1)
+out = {"python3 -c pass": med(passes)}
+out.update({name: med(lambda: listen(argv)) for name, argv in progs.items()})
+print(json.dumps(out))
+"""
+INSTALLED = {"rng": ["/usr/libexec/vhost-user-rng"], "gpu": ["/usr/libexec/vhost-user-gpu"],
+             "input": ["/usr/libexec/vhost-user-input", "--virtual=keyboard"]}  # fmt: skip
+
+
+def test_installed_startup_to_listening(benchmark) -> None:  # noqa: ANN001
+    """The figure the start-up goal is about: the package as Debian installs it (``make deb``
+    first: out/deb), in a fresh Debian 13 root with only its dependencies, Debian's python3;
+    median of 10 per program, beside the interpreter's own start in the same root."""
+    import json
+
+    from vhostsuite.testing import debroot
+
+    debs = sorted((ROOT / "out/deb").glob("vhostsuite_*.deb"))
+    if not debs:
+        pytest.skip("no package in out/deb: run `make deb` first")
+    if os.geteuid() != 0:
+        pytest.skip("an install root needs root (chroot)")
+    root = Path(tempfile.mkdtemp(prefix="vhs-bench-root-"))
+    try:
+        try:
+            debroot.install_root(debs[-1], root)
+        except debroot.Unavailable as e:
+            pytest.skip(f"no Debian root here: {e}")
+        (root / "tmp/startup.py").write_text(_IN_ROOT)
+        script = f"python3 /tmp/startup.py '{json.dumps(INSTALLED)}' 10"
+        figures: dict[str, float] = {}
+
+        def once() -> None:
+            res = debroot.run_in(root, script)
+            assert res.returncode == 0, res.stdout[-2000:]
+            figures.update(json.loads(res.stdout.strip().splitlines()[-1]))
+
+        benchmark.group = "installed: start-up to listening"
+        benchmark.pedantic(once, rounds=1, iterations=1)
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+    benchmark.extra_info.update({f"{k}_median_ms": v for k, v in figures.items()})
+    print("\ninstalled (median of 10, ms): " + ", ".join(f"{k} {v}" for k, v in figures.items()) + " (goal < 50)")
+    assert set(figures) == {"python3 -c pass", *INSTALLED}

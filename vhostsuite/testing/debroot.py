@@ -63,6 +63,12 @@ def _chroot(root: Path, script: str, *, network: bool = False, timeout: float = 
     return _run(["unshare", flags, "--propagation", "private", "/bin/sh", "-ec", inner], timeout=timeout)
 
 
+def run_in(root: Path, script: str, timeout: float = 600) -> subprocess.CompletedProcess:
+    """Run *script* (sh) in the install root *root*, with /proc and /dev and no network; its
+    stdout and stderr together in ``.stdout``."""
+    return _chroot(root, script, timeout=timeout)
+
+
 def _quote(s: str) -> str:
     return "'" + s.replace("'", "'\\''") + "'"
 
