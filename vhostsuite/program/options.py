@@ -13,13 +13,12 @@ from __future__ import annotations
 
 import sys
 
+from ..core.errors import EXIT_USAGE
+
 #: typing.TYPE_CHECKING without importing typing.
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from collections.abc import Callable, Sequence
-
-#: The status of a usage error (as argparse, and EXIT_USAGE in ..core.errors).
-USAGE_STATUS = 2
 
 
 class Namespace:
@@ -215,7 +214,7 @@ class Parser:
     def error(self, message: str) -> None:
         """Usage and *message* on stderr, then exit with status 2 (as argparse)."""
         sys.stderr.write(self.format_usage())
-        self.exit(USAGE_STATUS, f"{self.prog}: error: {message}\n")
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message}\n")
 
     @staticmethod
     def _help(parser: Parser) -> None:
