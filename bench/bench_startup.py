@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -13,6 +12,7 @@ import time
 from pathlib import Path
 
 import pytest
+from startup_probe import start_listening
 
 from vhostsuite.testing.frontend import Frontend
 
@@ -29,20 +29,7 @@ ENV = {**os.environ, "PYTHONPATH": str(ROOT)}
 
 
 def _start(argv: list[str], path: str) -> tuple[subprocess.Popen, float]:
-    t0 = time.perf_counter()
-    proc = subprocess.Popen([*argv, f"--socket-path={path}"], env=ENV, stderr=subprocess.DEVNULL)
-    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    while True:
-        try:
-            s.connect(path)
-            break
-        except (FileNotFoundError, ConnectionRefusedError):
-            if proc.poll() is not None or time.perf_counter() - t0 > 10:
-                raise RuntimeError(f"{argv} did not listen") from None
-            time.sleep(0.0005)
-    took = time.perf_counter() - t0
-    s.close()
-    return proc, took
+    return start_listening(argv, path, ENV)
 
 
 def _rss_kib(pid: int) -> int:
@@ -114,38 +101,6 @@ def test_idle_rss(benchmark, name):
     assert rss > 0
 
 
-#: Run in the install root: median of *rounds* starts to listening of each program and of
-#: ``python3 -c pass``, in ms, as JSON (Debian's own python3, the package as installed).
-_IN_ROOT = r"""
-import json, os, socket, subprocess, sys, time
-progs = json.loads(sys.argv[1])
-rounds = int(sys.argv[2])
-def listen(argv):
-    path = "/tmp/bench.sock"
-    if os.path.exists(path):
-        os.unlink(path)
-    t0 = time.perf_counter()
-    p = subprocess.Popen([*argv, "--socket-path=" + path], stderr=subprocess.DEVNULL)
-    s = socket.socket(socket.AF_UNIX)
-    while True:
-        try:
-            s.connect(path)
-            break
-        except (FileNotFoundError, ConnectionRefusedError):
-            if p.poll() is not None or time.perf_counter() - t0 > 10:
-                raise SystemExit(f"{argv} did not listen")
-            time.sleep(0.0003)
-    took = time.perf_counter() - t0
-    s.close(); p.kill(); p.wait()
-    return took
-def passes():
-    t0 = time.perf_counter(); subprocess.run(["python3", "-c", "pass"], check=True); return time.perf_counter() - t0
-def med(f):
-    return round(1000 * sorted(f() for _ in range(rounds))[rounds // 2], 1)
-out = {"python3 -c pass": med(passes)}
-out.update({name: med(lambda: listen(argv)) for name, argv in progs.items()})
-print(json.dumps(out))
-"""
 INSTALLED = {"rng": ["/usr/libexec/vhost-user-rng"], "gpu": ["/usr/libexec/vhost-user-gpu"],
              "input": ["/usr/libexec/vhost-user-input", "--virtual=keyboard"]}  # fmt: skip
 
@@ -169,8 +124,8 @@ def test_installed_startup_to_listening(benchmark) -> None:  # noqa: ANN001
             debroot.install_root(debs[-1], root)
         except debroot.Unavailable as e:
             pytest.skip(f"no Debian root here: {e}")
-        (root / "tmp/startup.py").write_text(_IN_ROOT)
-        script = f"python3 /tmp/startup.py '{json.dumps(INSTALLED)}' 10"
+        shutil.copy(Path(__file__).with_name("startup_probe.py"), root / "tmp/startup_probe.py")
+        script = f"python3 /tmp/startup_probe.py '{json.dumps(INSTALLED)}' 10"
         figures: dict[str, float] = {}
 
         def once() -> None:
