@@ -160,8 +160,9 @@ class DriverQueue(DriverRing):
         self.inflight: dict[int, tuple[list[int], list[tuple[int, int, bool]], tuple[int, int] | None]] = {}
 
     # -- driver operations ---------------------------------------------------------
-    def add(self, out: list[bytes], in_sizes: list[int], indirect: bool = False) -> int:
-        """Make a chain of readable buffers *out* and writable buffers of *in_sizes* available."""
+    def add(self, out: list[bytes], in_sizes: list[int], indirect: bool = False, publish: bool = True) -> int:
+        """Make a chain of readable buffers *out* and writable buffers of *in_sizes* available
+        (with *publish* False, only written: :meth:`publish` makes several available at once)."""
         bufs: list[tuple[int, int, bool]] = []
         for data in out:
             gpa = self.ram.alloc(len(data))
@@ -193,7 +194,8 @@ class DriverQueue(DriverRing):
                 self.write_desc(idx[i], gpa, size, flags, nxt)
             head = idx[0]
             self.inflight[head] = (idx, bufs, None)
-        self.publish(head)
+        if publish:
+            self.publish(head)
         return head
 
     def kick(self) -> None:

@@ -328,8 +328,11 @@ class GpuDriver:
         return resp_type(self.cmd(cmd, resp_size))
 
     def batch(self, cmds: list[bytes], resp_size: int = 24) -> list[bytes]:
-        for c in cmds:
-            self.submit(c, resp_size)
+        """*cmds* made available at once (one avail index store), one kick, their responses. At
+        once: a back-end still in its turn for an earlier command may pop what is published."""
+        heads = [self.ctrl.add(c if isinstance(c, list) else [c], [resp_size] if resp_size else [], publish=False)
+                 for c in cmds]
+        self.ctrl.publish(*heads)
         self.ctrl.kick()
         used = self.ctrl.wait_used(len(cmds), self.timeout)
         return [u.data for u in used]
