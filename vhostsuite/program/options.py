@@ -185,7 +185,7 @@ class Parser:
         return [f"[{o.names[0]} {o.metavar}]" if o.takes_value else f"[{o.names[0]}]" for o in self.options]
 
     def format_usage(self) -> str:
-        return _wrap(f"usage: {self.prog} ", " ".join(self.usage_words())) + "\n"
+        return _wrap(f"usage: {self.prog} ", self.usage_words()) + "\n"
 
     def format_help(self) -> str:
         out = [self.format_usage()]
@@ -232,11 +232,11 @@ def _is_option(arg: str) -> bool:
 WIDTH = 100
 
 
-def _wrap(head: str, text: str) -> str:
+def _wrap(head: str, text: str | list[str]) -> str:
     """*text* after *head*, wrapped at word boundaries to :data:`WIDTH`, later lines indented as
-    far as *head* is long."""
+    far as *head* is long. A list is of words that are never split (``[--fd FDNUM]``)."""
     lines, line = [], head
-    for word in text.split():
+    for word in text.split() if isinstance(text, str) else text:
         if len(line) + len(word) + 1 > WIDTH and line.strip():
             lines.append(line.rstrip())
             line = " " * len(head)
