@@ -21,6 +21,7 @@ from pathlib import Path
 
 from vhostsuite.core.virtio import VRING_DESC_F_NEXT, VRING_DESC_F_WRITE
 from vhostsuite.devices.gpu import wire as W
+from vhostsuite.testing.backend import cpu_seconds
 from vhostsuite.testing.frontend import DriverQueue, Frontend, GuestRam
 from vhostsuite.testing.frontend_gpu import GpuDriver, open_gpu, set_socket
 
@@ -60,18 +61,6 @@ class _Chain(ctypes.Structure):
         ("resp_len", ctypes.c_uint32),
         ("pad2", ctypes.c_uint32),
     ]
-
-
-def cpu_seconds(pid: int) -> float:
-    """Process *pid*'s CPU so far, all its threads (schedstat: ns, where /proc/PID/stat has 10 ms
-    ticks)."""
-    total = 0
-    for task in Path(f"/proc/{pid}/task").iterdir():
-        try:
-            total += int((task / "schedstat").read_text().split()[0])
-        except (FileNotFoundError, ProcessLookupError):  # a thread that just ended
-            pass
-    return total / 1e9
 
 
 def available() -> str | None:

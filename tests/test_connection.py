@@ -23,6 +23,7 @@ from vhostsuite.core.virtio import (
     VRING_DESC_F_WRITE,
     bit,
 )
+from vhostsuite.testing.backend import cpu_seconds
 from vhostsuite.testing.frontend import DriverQueue, Frontend, FrontendError, GuestRam
 
 RNG = "vhost-user-rng"
@@ -426,6 +427,30 @@ def test_listening_fd_is_refused(tmp_path):
         lst.close()
 
 
+def test_a_back_end_that_served_a_quick_guest_sleeps_once_it_is_quiet(spawn):
+    """Adaptive polling (on by default) spins only while the guest's requests come within
+    --poll-max-us of each other: after a busy stretch, a quiet second costs little CPU."""
+    be, fe = spawn(RNG)
+    fe.initialize()
+    (q,) = fe.start([256])
+    for _ in range(300):
+        rng_read(q, [64])
+    time.sleep(0.05)
+    cpu0 = cpu_seconds(be.proc.pid)
+    time.sleep(1.0)
+    cpu = cpu_seconds(be.proc.pid) - cpu0
+    assert cpu < 0.05, f"{cpu * 1000:.0f} ms of CPU in a quiet second"
+    assert alive(fe) and len(rng_read(q, [64])[0]) == 64
+
+
+@pytest.mark.parametrize("poll", ["0", "1000000"])
+def test_poll_max_us_at_its_bounds_serves(spawn, poll):
+    _, fe = spawn(RNG, f"--poll-max-us={poll}")
+    fe.initialize()
+    (q,) = fe.start([256])
+    assert [len(b) for b in rng_read(q, [64] * 50)] == [64] * 50
+
+
 def test_command_line_conventions(tmp_path):
     import json
     import subprocess
@@ -440,6 +465,9 @@ def test_command_line_conventions(tmp_path):
     r = run("--fd=3", f"--socket-path={tmp_path}/x.sock")
     assert r.returncode == 2 and "exactly one" in r.stderr
     assert run().returncode == 2
+    for bad in ("-1", "1000001", "5us"):
+        r = run("--fd=3", f"--poll-max-us={bad}")
+        assert r.returncode == 2 and "--poll-max-us" in r.stderr and repr(bad) in r.stderr
     r = run("--version")
     assert r.returncode == 0 and "vhostsuite" in r.stdout
     r = run("--help")

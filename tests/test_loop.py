@@ -1,14 +1,16 @@
 """The event loop's fd registrations on epoll: readers and writers of one fd, changes made by
-callbacks during a turn, refused fds, and fd numbers reused after a close."""
+callbacks during a turn, refused fds, fd numbers reused after a close; timers; adaptive polling."""
 
 from __future__ import annotations
 
 import os
 import socket
+import threading
+import time
 
 import pytest
 
-from vhostsuite.core.loop import Loop
+from vhostsuite.core.loop import POLL_START, Loop, next_spin
 
 
 def run_turns(loop: Loop, turns: int) -> None:
@@ -103,3 +105,74 @@ def test_cancelled_timers_do_not_pile_up() -> None:
     assert ran == [2]
     assert len(loop._timers) <= 2 * 64 + 2 and len(loop._cancelled) <= 64 + 1  # noqa: SLF001
     assert any(t[1] == keep for t in loop._timers)  # noqa: SLF001 - the live one stays
+
+
+def test_the_spin_keeps_what_caught_grows_toward_the_peer_and_drops_when_idle() -> None:
+    poll_max = 50e-6
+    assert next_spin(0.0, 10e-6, poll_max) == POLL_START, "an event within poll_max: start spinning"
+    assert next_spin(8e-6, 10e-6, poll_max) == 16e-6, "just beyond the spin: twice as long"
+    assert next_spin(40e-6, 45e-6, poll_max) == poll_max, "never beyond poll_max"
+    assert next_spin(16e-6, 10e-6, poll_max) == 16e-6, "the spin caught it: kept"
+    assert next_spin(50e-6, 1.0, poll_max) == 0.0, "idle: no spin"
+    assert next_spin(0.0, 1.0, poll_max) == 0.0
+
+
+def _pinger(fd: int, count: int, gap: float) -> threading.Thread:
+    def run() -> None:
+        for _ in range(count):
+            time.sleep(gap)
+            os.write(fd, b"x")
+
+    t = threading.Thread(target=run, daemon=True)
+    t.start()
+    return t
+
+
+def test_a_polling_loop_spins_for_a_quick_peer_and_sleeps_when_it_goes_quiet() -> None:
+    """Events a little apart (within poll_max) make the loop spin; a quiet stretch afterwards
+    is slept through: the loop's CPU over it is a small part of its length."""
+    a, b = socket.socketpair()
+    loop = Loop(poll_max=0.05)
+    got: list[bytes] = []
+
+    def on_readable() -> None:
+        got.append(a.recv(100))
+        if len(got) >= 20:
+            loop.stop()
+
+    loop.add_reader(a.fileno(), on_readable)
+    pinger = _pinger(b.fileno(), 20, 0.002)
+    loop.run()
+    pinger.join()
+    assert loop.spin > 0, "events 2 ms apart, within poll_max: the loop spins"
+    loop.remove_reader(a.fileno())
+    cpu0, t0 = time.thread_time(), time.monotonic()
+    loop.call_later(0.3, loop.stop)
+    loop.run()
+    cpu, took = time.thread_time() - cpu0, time.monotonic() - t0
+    assert took >= 0.3
+    assert loop.spin == 0.0, "a wait longer than poll_max: no more spinning"
+    assert cpu < 0.1, f"{cpu * 1000:.0f} ms of CPU over {took * 1000:.0f} ms quiet: spun, not slept"
+    loop.close()
+    a.close()
+    b.close()
+
+
+def test_a_loop_without_poll_max_never_spins() -> None:
+    a, b = socket.socketpair()
+    loop = Loop()
+    got: list[bytes] = []
+
+    def on_readable() -> None:
+        got.append(a.recv(100))
+        if len(got) >= 5:
+            loop.stop()
+
+    loop.add_reader(a.fileno(), on_readable)
+    pinger = _pinger(b.fileno(), 5, 0.001)
+    loop.run()
+    pinger.join()
+    assert loop.spin == 0.0
+    loop.close()
+    a.close()
+    b.close()

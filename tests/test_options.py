@@ -84,7 +84,8 @@ def test_help_lists_every_option_under_its_group(capsys: pytest.CaptureFixture[s
         parser().parse_args(["--he"])
     assert e.value.code == 0
     out = capsys.readouterr().out
-    assert out.startswith("usage: vhost-user-test [-h] [--print-capabilities] [-v] [-q] [-V] [--socket-path PATH]")
+    assert out.startswith("usage: vhost-user-test [-h] [--print-capabilities] [--poll-max-us USEC] [-v] [-q] [-V]\n"
+                          "                       [--socket-path PATH]")  # fmt: skip
     assert "\nA test back-end.\n" in out
     sections = [line for line in out.splitlines() if line and not line.startswith(" ") and line.endswith(":")]
     assert sections == ["options:", "connection (exactly one):", "device:"]
@@ -99,16 +100,16 @@ def test_an_option_defined_twice_is_a_programming_error() -> None:
         p.add_argument("--virgl", action="store_true")
 
 
-def _program(*argv: str) -> subprocess.CompletedProcess[str]:
+def _program(*argv: str, prog: str = "vhost-user-rng") -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    return subprocess.run([sys.executable, str(ROOT / "bin" / "vhost-user-rng"), *argv],
+    return subprocess.run([sys.executable, str(ROOT / "bin" / prog), *argv],
                           capture_output=True, text=True, timeout=30, env=env)  # fmt: skip
 
 
 def test_a_program_reports_a_bad_option_as_argparse_would() -> None:
     r = _program("--socket-path=/nonexistent/x", "--verbose=2")
     assert r.returncode == 2 and r.stdout == ""
-    assert r.stderr.startswith("usage: vhost-user-rng [-h] [--print-capabilities] [-v] [-q] [-V] [--rng-source PATH]")
+    assert r.stderr.startswith("usage: vhost-user-rng [-h] [--print-capabilities] [--poll-max-us USEC] [-v] [-q] [-V]")
     assert r.stderr.splitlines()[-1] == "vhost-user-rng: error: argument -v/--verbose: ignored explicit argument '2'"
 
 
@@ -116,3 +117,14 @@ def test_a_program_prints_help_on_stdout() -> None:
     r = _program("--help")
     assert r.returncode == 0 and r.stderr == ""
     assert r.stdout.startswith("usage: vhost-user-rng ") and "--socket-path PATH" in r.stdout
+
+
+@pytest.mark.parametrize("prog", ["vhost-user-rng", "vhost-user-gpu", "vhost-user-input"])
+def test_the_usage_line_wraps_between_options_never_inside_one(prog: str) -> None:
+    r = _program("--help", prog=prog)
+    usage = r.stdout.split("\n\n")[0].splitlines()
+    assert len(usage) > 1, "long enough to wrap"
+    for line in usage:
+        words = line.split()
+        assert line.count("[") == line.count("]"), line
+        assert all(w.startswith("[") or w.endswith("]") or w in ("usage:", prog) for w in words), line

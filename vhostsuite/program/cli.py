@@ -31,6 +31,7 @@ class UsageError(Exception):
 
 
 def make_parser(prog: str, description: str, epilog: str | None = None) -> Parser:
+    from ..core.loop import DEFAULT_POLL_MAX_US
     from .options import Parser
 
     p = Parser(prog, description, epilog)
@@ -44,10 +45,29 @@ def make_parser(prog: str, description: str, epilog: str | None = None) -> Parse
         action="store_true",
         help="print the capabilities JSON on stdout and exit 0, ignoring other options",
     )
+    p.add_argument(
+        "--poll-max-us",
+        metavar="USEC",
+        type=microseconds,
+        default=DEFAULT_POLL_MAX_US,
+        help=f"before sleeping, poll for the guest's next request for up to USEC microseconds, adapting to how "
+        f"soon it comes; 0: never (default {DEFAULT_POLL_MAX_US})",
+    )
     p.add_argument("-v", "--verbose", action="count", help="more logging on stderr (-vv: debug)")
     p.add_argument("-q", "--quiet", action="store_true", help="log errors only")
     p.add_argument("-V", "--version", action=_version, help="show the version and what the hot path runs on, and exit")
     return p
+
+
+def microseconds(text: str) -> int:
+    """0 to 1 s: a longer spin would only burn CPU that a sleep gives back."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise ValueError(f"invalid int value: {text!r}") from None
+    if not 0 <= value <= 1_000_000:
+        raise ValueError(f"must be 0 to 1000000 microseconds: {text!r}")
+    return value
 
 
 def fd_number(text: str) -> int:

@@ -24,7 +24,7 @@ log = logger.get("vhostsuite")
 def serve(args: Namespace, make_device: Callable[[Namespace], Device]) -> int:
     """Serve one front-end until it hangs up (0), a signal (0, or 130 for SIGINT) or a fatal error (1)."""
     install_signal_handlers()
-    loop = Loop()
+    loop = Loop(args.poll_max_us / 1e6)
     listener: Socket | None = None
     created: str | None = None
     conn: Connection | None = None

@@ -25,6 +25,18 @@ def child_env() -> dict[str, str]:
     return env
 
 
+def cpu_seconds(pid: int) -> float:
+    """Process *pid*'s CPU so far, all its threads (schedstat: ns, where /proc/PID/stat has 10 ms
+    ticks)."""
+    total = 0
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            total += int((task / "schedstat").read_text().split()[0])
+        except (FileNotFoundError, ProcessLookupError):  # a thread that just ended
+            pass
+    return total / 1e9
+
+
 class Backend:
     """A back-end program running in a child process, with its stderr kept for assertions."""
 
