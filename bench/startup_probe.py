@@ -2,7 +2,8 @@
 and copies it into an install root to run there under Debian's own python3.
 
 As a script: ``startup_probe.py PROGRAMS_JSON ROUNDS`` prints, as JSON, the median of ROUNDS
-starts of each program ({name: argv}) and of ``python3 -c pass``, in ms.
+starts to listening of each program ({name: argv}), of ROUNDS ``--print-capabilities`` runs of
+each (``NAME --print-capabilities``), and of ``python3 -c pass``, in ms.
 """
 
 from __future__ import annotations
@@ -46,6 +47,13 @@ def listen_once(argv: list[str], path: str, env: dict[str, str] | None = None) -
     return took
 
 
+def capabilities_once(argv: list[str]) -> float:
+    """One ``--print-capabilities`` run of the program of *argv* (its other options dropped)."""
+    t0 = time.perf_counter()
+    subprocess.run([argv[0], "--print-capabilities"], check=True, stdout=subprocess.DEVNULL)
+    return time.perf_counter() - t0
+
+
 def _median_ms(f, rounds: int) -> float:  # noqa: ANN001 - a timing function
     return round(1000 * sorted(f() for _ in range(rounds))[rounds // 2], 1)
 
@@ -61,6 +69,8 @@ def main() -> None:
 
     out = {"python3 -c pass": _median_ms(interpreter, rounds)}
     out.update({name: _median_ms(lambda argv=argv: listen_once(argv, path), rounds) for name, argv in programs.items()})
+    for name, argv in programs.items():
+        out[f"{name} --print-capabilities"] = _median_ms(lambda argv=argv: capabilities_once(argv), rounds)
     print(json.dumps(out))
 
 

@@ -501,3 +501,35 @@ def test_what_the_renderer_writes_to_stderr_is_rate_limited(g3d) -> None:  # noq
     assert len(raw) <= BURST + 2, "\n".join(raw[:20])
     assert all(line.startswith("vhost-user-gpu: INFO: virglrenderer: ") for line in raw), raw[:3]
     assert "more 'virglrenderer-stderr' messages are counted" in err
+
+
+def test_a_gl_library_the_loader_cannot_find_is_told_without_starting_anything(tmp_path, monkeypatch) -> None:  # noqa: ANN001
+    """The loader's cache and directories as the probe reads them: a library is missing only
+    when none of its names is in either (a longer name is another library)."""
+    monkeypatch.delenv("LD_LIBRARY_PATH", raising=False)
+    cache, lib = tmp_path / "ld.so.cache", tmp_path / "lib"
+    lib.mkdir()
+
+    def missing(*entries: str) -> tuple[str, str] | None:
+        table = b"".join(f"{n}\0/usr/lib/{n}\0".encode() for n in entries)
+        cache.write_bytes(b"glibc-ld.so.cache1.1" + bytes(32) + table)
+        return probe.unfindable(probe.GL_LIBRARIES, str(cache), (str(lib),))
+
+    assert missing("libEGL.so.1", "libOpenGL.so.0") is None
+    assert missing("libEGL.so.1", "libGL.so.1") is None, "either name will do"
+    assert missing("libEGL.so.1") == ("libOpenGL.so.0", "libopengl0")
+    assert missing("libEGL.so.10", "libOpenGL.so.0") == ("libEGL.so.1", "libegl1")
+    (lib / "libEGL.so.1").write_bytes(b"")
+    assert missing("libOpenGL.so.0") is None, "in a default directory, not in the cache"
+    (lib / "libEGL.so.1").unlink()
+    assert missing() == ("libEGL.so.1", "libegl1")
+    monkeypatch.setenv("LD_LIBRARY_PATH", str(lib))
+    assert missing() is None, "another directory is searched: only loading can tell"
+    monkeypatch.delenv("LD_LIBRARY_PATH")
+    cache.unlink()
+    assert probe.unfindable(probe.GL_LIBRARIES, str(cache), (str(lib),)) is None, "no cache: only loading can tell"
+
+
+@needs_virgl
+def test_where_virgl_works_its_gl_libraries_are_found_in_the_loaders_cache() -> None:
+    assert probe.unfindable(probe.GL_LIBRARIES) is None

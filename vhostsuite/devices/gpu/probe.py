@@ -14,12 +14,30 @@ and only in a directory of this user's that nobody else can write: ``$XDG_RUNTIM
 or ``/run/vhostsuite`` for root; both are emptied at boot. Anything odd about the record (another
 owner, writable by others, too long, unparsable) and the probe runs.
 
-Imports only os: ``--print-capabilities`` must stay light (tests/test_startup.py).
+A host without the GL libraries (the package installed without its Recommends) is answered
+without a child: when the loader's cache and its default directories hold none of a needed
+library's names, and no ``LD_LIBRARY_PATH`` adds places, the renderer can't start.
+
+Imports only os and sys: ``--print-capabilities`` must stay light (tests/test_startup.py).
 """
 
 from __future__ import annotations
 
 import os
+import sys
+
+#: What libepoxy (virglrenderer's GL loader) opens at the renderer's start, each a choice of
+#: names, with the Debian package of the first: it abort()s the process when one is missing,
+#: so they are looked for first and a missing one is said. Mesa's EGL driver (libegl-mesa0,
+#: libgl1-mesa-dri) is not among them: without it the start fails cleanly.
+GL_LIBRARIES = ((("libEGL.so.1",), "libegl1"), (("libOpenGL.so.0", "libGL.so.1"), "libopengl0"))
+#: The dynamic loader's cache of what its configured directories hold (ldconfig writes it).
+LD_CACHE = "/etc/ld.so.cache"
+#: Where the loader looks after its cache (glibc's system directories; Debian's multiarch ones first).
+_ARCH = getattr(sys.implementation, "_multiarch", "")
+LD_DIRS = (*((f"/lib/{_ARCH}", f"/usr/lib/{_ARCH}") if _ARCH else ()), "/lib64", "/usr/lib64", "/lib", "/usr/lib")
+#: A cache larger than this is not read (a real one is tens of kB): the probe decides.
+MAX_LD_CACHE = 16 << 20
 
 RECORD_NAME = "virgl-probe"
 #: The record's first line: another format (an older or newer vhostsuite) is not read.
@@ -42,12 +60,37 @@ def renderer_works(render_node: str | None = None, remembered: bool = False) -> 
     *remembered*, a recorded success whose files and environment are unchanged answers instead,
     and a new success is recorded (surfaceless only: the question --print-capabilities asks)."""
     remembered = remembered and render_node is None
+    if unfindable(GL_LIBRARIES) is not None:
+        return False
     if remembered and recorded_success():
         return True
     ok, files = _probe(render_node)
     if ok and remembered and files:
         _record(files)
     return ok
+
+
+def unfindable(libraries: tuple[tuple[tuple[str, ...], str], ...], cache: str = LD_CACHE,
+               dirs: tuple[str, ...] = LD_DIRS) -> tuple[str, str] | None:  # fmt: skip
+    """The first of *libraries* ((names, package) pairs, as :data:`GL_LIBRARIES`) that the
+    dynamic loader certainly won't find under any of its names: (name, package). None when each
+    may be found, or when that can't be told without loading (``LD_LIBRARY_PATH`` set, no
+    readable cache). May err only towards None: the renderer's own start has the last word."""
+    if os.environ.get("LD_LIBRARY_PATH"):
+        return None
+    try:
+        with open(cache, "rb") as f:
+            data = f.read(MAX_LD_CACHE + 1)
+    except OSError:
+        return None
+    if len(data) > MAX_LD_CACHE:
+        return None
+    for names, package in libraries:
+        # the cache's string table holds each name NUL-terminated, after a NUL or in a path
+        if not any(b"\0" + n.encode() + b"\0" in data or b"/" + n.encode() + b"\0" in data
+                   or any(os.path.exists(os.path.join(d, n)) for d in dirs) for n in names):  # fmt: skip
+            return names[0], package
+    return None
 
 
 def _probe(render_node: str | None) -> tuple[bool, list[str]]:

@@ -37,6 +37,7 @@ from ...core.errors import GuestMemoryError
 from ...core.guestlog import GuestLog, StderrCapture
 from . import commands as K
 from . import wire as W
+from .probe import GL_LIBRARIES
 from .resources import RESOURCE_COST, Resource, Resources
 
 TYPE_CHECKING = False
@@ -63,11 +64,6 @@ TEXEL_COST = 4
 FENCE_POLL = 0.001
 #: The longest a queue stop waits for outstanding fences (the renderer is stuck if longer).
 STOP_WAIT = 1.0
-#: What libepoxy (virglrenderer's GL loader) opens at the renderer's start, each a choice of
-#: names, with the Debian package of the first: it abort()s the process when one is missing,
-#: so they are looked for first and a missing one is said. Mesa's EGL driver (libegl-mesa0,
-#: libgl1-mesa-dri) is not among them: without it the start fails cleanly.
-GL_LIBRARIES = ((("libEGL.so.1",), "libegl1"), (("libOpenGL.so.0", "libGL.so.1"), "libopengl0"))
 #: virgl capsets offered, in capset_index order.
 CAPSETS = (W.VIRTIO_GPU_CAPSET_VIRGL, W.VIRTIO_GPU_CAPSET_VIRGL2)
 
