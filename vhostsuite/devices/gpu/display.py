@@ -212,8 +212,16 @@ class DisplayChannel:
         head = _UPDATE_HEAD(W.VHOST_USER_GPU_UPDATE, 0, W.GPU_UPDATE_HEAD.size + n, scanout_id, x, y, width, height)
         held = self._held
         if held is not None and n <= SMALL_MESSAGE:
-            self._hold_small(head, pix)
-            return self._check_queued()
+            # _hold_small and _check_queued in place: every small flush of a batch passes here
+            buf = self._held_tail
+            if buf is None:
+                buf = self._held_tail = bytearray()
+                held.append(buf)
+                self._held_bytes += PART_COST
+            buf += head
+            buf += pix
+            self._held_bytes += _UPDATE_HEAD_SIZE + n
+            return self._out_bytes + self._held_bytes <= MAX_QUEUED or self._check_queued()
         head = memoryview(head)
         part = _Pages(pix) if shared and n >= BY_REFERENCE_MIN and self._by_reference else pix
         if held is not None:

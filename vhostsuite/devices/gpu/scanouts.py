@@ -142,7 +142,7 @@ class Scanouts:
 
     def _update(self, sid: int, sc: Scanout, res: Resource, x: int, y: int, w: int, h: int) -> None:
         """Send UPDATE for the resource rectangle (x, y, w, h), which lies inside the scanout."""
-        if not self._announce(sid, sc):
+        if sc.announced is not self.display and not self._announce(sid, sc):  # a frame less per flush
             return
         # The channel may close while sending (and self.display become None): keep this one.
         display = self.display
