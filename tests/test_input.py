@@ -1090,3 +1090,13 @@ def _cpu(pid: int) -> float:
     with open(f"/proc/{pid}/stat") as f:
         fields = f.read().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def test_the_event_code_constants_are_the_headers() -> None:
+    """config's numbers (the built-in devices list codes by number) against python-evdev's
+    names, which are generated from <linux/input-event-codes.h>."""
+    ecodes = C._ecodes().ecodes
+    prefixes = ("EV_", "SYN_", "REP_", "BUS_", "KEY_", "BTN_", "REL_", "ABS_", "MSC_", "LED_", "INPUT_PROP_")
+    names = [n for n in vars(C) if n.startswith(prefixes) and n.isupper() and not n.endswith("_MAX")]
+    assert len(names) > 30
+    assert {n: getattr(C, n) for n in names} == {n: ecodes[n] for n in names}

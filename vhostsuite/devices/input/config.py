@@ -43,6 +43,15 @@ EV_MAX = 0x1F
 SYN_REPORT, SYN_CONFIG, SYN_MT_REPORT, SYN_DROPPED = 0, 1, 2, 3
 REP_DELAY, REP_PERIOD = 0, 1
 BUS_VIRTUAL = 0x06
+# ... and what the built-in devices list (by number: the names would load python-evdev's
+# ecodes, and with it typing, at every start of a --virtual device)
+KEY_ESC, KEY_MICMUTE = 1, 248
+BTN_LEFT, BTN_RIGHT, BTN_MIDDLE, BTN_SIDE, BTN_EXTRA = 0x110, 0x111, 0x112, 0x113, 0x114
+REL_X, REL_Y, REL_HWHEEL, REL_WHEEL = 0x00, 0x01, 0x06, 0x08
+ABS_X, ABS_Y = 0x00, 0x01
+MSC_SCAN = 0x04
+LED_NUML, LED_CAPSL, LED_SCROLLL, LED_COMPOSE, LED_KANA = 0x00, 0x01, 0x02, 0x03, 0x04
+INPUT_PROP_POINTER = 0x00
 
 #: The highest code of each event type (``*_MAX``), for validation.
 CODE_MAX = {
@@ -441,7 +450,7 @@ def from_mapping(data: Any) -> Description:
             if not isinstance(codes_raw, Mapping):
                 raise DescriptionError('"EV_ABS" must map each axis to {"min": .., "max": .., ...}')
             for aname, info in codes_raw.items():
-                axis = code_number(EV_ABS, int(aname) if aname.isdigit() else aname)
+                axis = code_number(EV_ABS, int(aname) if isinstance(aname, str) and aname.isdigit() else aname)
                 absinfo[axis] = _absinfo(aname, info)
             events[t] = frozenset(absinfo)
             continue
@@ -494,27 +503,28 @@ def from_json(path: str) -> Description:
 
 _VENDOR = 0x1AF4  # Red Hat, Inc. (the virtio vendor); products below are ours
 
+#: The --virtual devices, as the description files' mapping has them (types and codes by number).
 BUILTINS: dict[str, dict[str, Any]] = {
     "keyboard": {
         "name": "vhostsuite virtual keyboard",
         "serial": "vhostsuite-keyboard",
         "ids": [BUS_VIRTUAL, _VENDOR, 0x1101, 1],
-        # KEY_ESC .. KEY_MICMUTE: every key of a full PC keyboard plus multimedia keys.
+        # every key of a full PC keyboard plus multimedia keys
         "events": {
-            "EV_KEY": list(range(1, 249)),
-            "EV_MSC": ["MSC_SCAN"],
-            "EV_LED": ["LED_NUML", "LED_CAPSL", "LED_SCROLLL", "LED_COMPOSE", "LED_KANA"],
-            "EV_REP": [],
+            EV_KEY: list(range(KEY_ESC, KEY_MICMUTE + 1)),
+            EV_MSC: [MSC_SCAN],
+            EV_LED: [LED_NUML, LED_CAPSL, LED_SCROLLL, LED_COMPOSE, LED_KANA],
+            EV_REP: [],
         },
     },
     "mouse": {
         "name": "vhostsuite virtual mouse",
         "serial": "vhostsuite-mouse",
         "ids": [BUS_VIRTUAL, _VENDOR, 0x1102, 1],
-        "properties": ["INPUT_PROP_POINTER"],
+        "properties": [INPUT_PROP_POINTER],
         "events": {
-            "EV_KEY": ["BTN_LEFT", "BTN_RIGHT", "BTN_MIDDLE", "BTN_SIDE", "BTN_EXTRA"],
-            "EV_REL": ["REL_X", "REL_Y", "REL_HWHEEL", "REL_WHEEL"],
+            EV_KEY: [BTN_LEFT, BTN_RIGHT, BTN_MIDDLE, BTN_SIDE, BTN_EXTRA],
+            EV_REL: [REL_X, REL_Y, REL_HWHEEL, REL_WHEEL],
         },
     },
     "tablet": {
@@ -522,11 +532,11 @@ BUILTINS: dict[str, dict[str, Any]] = {
         "serial": "vhostsuite-tablet",
         "ids": [BUS_VIRTUAL, _VENDOR, 0x1103, 1],
         "events": {
-            "EV_KEY": ["BTN_LEFT", "BTN_RIGHT", "BTN_MIDDLE"],
-            "EV_REL": ["REL_WHEEL"],
-            "EV_ABS": {
-                "ABS_X": {"min": 0, "max": 32767},
-                "ABS_Y": {"min": 0, "max": 32767},
+            EV_KEY: [BTN_LEFT, BTN_RIGHT, BTN_MIDDLE],
+            EV_REL: [REL_WHEEL],
+            EV_ABS: {
+                ABS_X: {"min": 0, "max": 32767},
+                ABS_Y: {"min": 0, "max": 32767},
             },
         },
     },
