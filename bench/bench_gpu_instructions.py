@@ -6,9 +6,9 @@ Each back-end runs under ``valgrind --tool=callgrind`` with counting off; after 
 a warm-up, counting is switched on (``callgrind_control -i on``) for the measured rounds only,
 then off, so the figure is the steady state of that workload: the Python interpreter, our
 compiled ring and the C libraries, not the kernel (system calls and wake-ups are not
-counted: bench_gpu.py reports the CPU time they cost). Ours runs without adaptive polling
-(``ours_nopoll``): a spin's instructions count how long it waited, not the work. Same rounds
-and front-end as bench_gpu.py. About 20 s per back-end and workload.
+counted: bench_gpu.py reports the CPU time they cost). Ours runs as by default, without
+adaptive polling (``ours_poll`` is left out): a spin's instructions count how long it waited,
+not the work. Same rounds and front-end as bench_gpu.py. About 20 s per back-end and workload.
 
 Run: ``python -m pytest bench/bench_gpu_instructions.py -o python_files='bench_*.py' -s``.
 """
@@ -54,12 +54,12 @@ def test_instructions_per_command(benchmark, op: str) -> None:  # noqa: ANN001
     if why:
         pytest.skip(f"the C front-end can't be built: {why}")
     tmp = tempfile.mkdtemp(prefix="vhs-bench-instr-")
-    counts = {name: instructions_per_command(name, op, tmp) for name in BACKENDS if name != "ours"}
+    counts = {name: instructions_per_command(name, op, tmp) for name in BACKENDS if name != "ours_poll"}
     lines = [f"\n[{op}: user-space instructions per command (callgrind)]"]
     for name, n in counts.items():
         benchmark.extra_info[f"{name}_instructions"] = round(n)
         lines.append(f"  {name}: {n:,.0f}")
-    ours = counts["ours_nopoll"]
+    ours = counts["ours"]
     for c in ("c", "c10"):
         if c in counts:
             benchmark.extra_info[f"ratio_ours_{c}"] = round(ours / counts[c], 2)

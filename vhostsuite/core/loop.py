@@ -49,9 +49,13 @@ ErrorHandler = Callable[[Exception], None]
 _IN = select.EPOLLIN
 _OUT = select.EPOLLOUT
 
-#: The programs' default ``poll_max`` (``--poll-max-us``), in microseconds: about the time a
-#: Linux guest under KVM takes from our interrupt to its next kick.
-DEFAULT_POLL_MAX_US = 50
+#: The programs' default ``poll_max`` (``--poll-max-us``), in microseconds: off. Measured on
+#: these shared 2-vCPU machines it helped small GPU commands up to 3x while waking a process
+#: was dear, and cost them up to 2x when the host was overcommitted (a spinning vCPU's time is
+#: stolen from the peer's): a choice for whoever knows the host, as QEMU's poll-max-ns is.
+DEFAULT_POLL_MAX_US = 0
+#: What polls for about the time a Linux guest under KVM takes from our interrupt to its next kick.
+SUGGESTED_POLL_MAX_US = 50
 #: The first spin when a wait came within ``poll_max`` (a few epoll calls' worth).
 POLL_START = 4e-6
 
