@@ -356,8 +356,10 @@ def test_sigterm_idle_before_connection(tmp_path):
         be.stop()
 
 
-def test_sigterm_connected_and_busy(spawn, tmp_path):
-    be, fe = spawn(RNG)
+@pytest.mark.parametrize("args", [[], ["--poll-max-us=1000000"]], ids=["sleeping", "polling"])
+def test_sigterm_connected_and_busy(spawn, tmp_path, args):
+    """A loop that polls (its spin grown as long as it goes, by back-to-back messages) ends as fast."""
+    be, fe = spawn(RNG, *args)
     fe.initialize()
     (q,) = fe.start([1024])
     stop = threading.Event()
