@@ -75,11 +75,6 @@ _MAX_REPLY = 64 * 1024
 
 #: While the peer is unresponsive, at most this many unanswered requests of one kind are kept.
 _MAX_ABANDONED = 16
-#: How long a question that is waited for looks for its reply without sleeping first. A
-#: responsive display answers within tens of microseconds, and a sleep in poll(2) and the
-#: wake-up cost about ten of them; questions are rare (a mode set asks once), so the CPU
-#: this spends does not add up.
-SPIN = 50e-6
 _HEAD = W.GPU_HEADER.size
 _unpack_head = W.GPU_HEADER.unpack_from
 
@@ -516,7 +511,10 @@ class DisplayChannel:
         w.callback = callback
 
     def _wait_reply(self, request: int, reply_size: int, wait: float) -> bytes | None | object:
-        """Read the display for up to *wait* seconds, spinning the first :data:`SPIN` of them,
+        """Read the display for up to *wait* seconds, spinning the first of them as long as the
+        loop's ``poll_max`` (``--poll-max-us``: where a sleep and a wake-up cost more than a
+        responsive display's answer takes, spinning saves them; on a host short of CPUs it
+        takes time from the display's side, hence the user's choice, off by default),
         until the reply to *request* (just sent, nothing of its kind outstanding) comes: its
         payload, None (a failure), or :data:`_LATE`."""
         if self._poll is None:
@@ -525,7 +523,8 @@ class DisplayChannel:
         self._question, self._question_size, self._answer = request, reply_size, _LATE
         try:
             now = time.monotonic()
-            spin, deadline = now + (SPIN if SPIN < wait else wait), now + wait
+            limit = self.loop.poll_max
+            spin, deadline = now + (limit if limit < wait else wait), now + wait
             while self._answer is _LATE and not self.closed:
                 if now < spin:  # the reply is near: look without sleeping
                     ready = self._poll.poll(0)
