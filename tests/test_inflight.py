@@ -56,8 +56,11 @@ def _check_answer(data: bytes, which: str, rtype: int, fence_id: int) -> None:
         assert data[start : start + size] == _edid(0), "the display's late EDID, not a generated one"
 
 
-def _asked(display: GpuDisplay, request: int, n: int) -> None:
-    assert display.wait_for(lambda: len(display.of_type(request)) >= n), f"display was not asked {n} times"
+def _asked(display: GpuDisplay, request: int, n: int, before: int) -> None:
+    """Wait until the display was asked *n* more times than the *before* it had been asked
+    when it began holding replies: earlier asks (the driver's own GET_DISPLAY_INFO at set-up)
+    must not count, or the wait ends before the ask it is for."""
+    assert display.wait_for(lambda: len(display.of_type(request)) >= before + n), f"display was not asked {n} times"
 
 
 @pytest.mark.parametrize("which", sorted(COMMANDS))
@@ -69,9 +72,10 @@ def test_waiting_command_survives_ring_stop_and_restart(spawn, which: str) -> No
         ctrl = drv.ctrl
         assert W.CTRL_HDR.unpack_from(drv.display_info())[0] == W.VIRTIO_GPU_RESP_OK_DISPLAY_INFO
         display.hold_replies()
+        before = len(display.of_type(request))
         head = ctrl.add([cmd], [size])
         ctrl.kick()
-        _asked(display, request, 1)
+        _asked(display, request, 1, before)
         assert ctrl.poll_used() == []
 
         bases = fe.stop()  # VM stop: disable, GET_VRING_BASE, SET_STATUS 0
@@ -80,7 +84,7 @@ def test_waiting_command_survives_ring_stop_and_restart(spawn, which: str) -> No
         assert ctrl.poll_used() == [], "nothing is written into a stopped ring"
 
         fe.resume(bases)  # VM resume: the same rings from the reported bases
-        _asked(display, request, 2)  # popped again, asked again
+        _asked(display, request, 2, before)  # popped again, asked again
         assert display.release_replies() == 2
         (used,) = ctrl.wait_used(1)
         assert used.head == head
@@ -102,16 +106,17 @@ def test_waiting_command_across_device_reset(spawn, which: str) -> None:
         old = drv.ctrl
         old_used = (old.used_gpa, 4)
         display.hold_replies()
+        before = len(display.of_type(request))
         old.add([cmd], [size])
         old.kick()
-        _asked(display, request, 1)
+        _asked(display, request, 1, before)
 
         fe.stop()  # the guest resets the device: rings stopped, SET_STATUS 0
         fe.call(P.Request.RESET_DEVICE)
         ctrl, _ = fe.start([64, 16])  # the driver starts again with new rings
         head = ctrl.add([_refence(cmd, 78)], [size])
         ctrl.kick()
-        _asked(display, request, 2)
+        _asked(display, request, 2, before)
         assert display.release_replies() == 2  # the old command's reply first: it must go nowhere
         (used,) = ctrl.wait_used(1)
         assert used.head == head
@@ -134,9 +139,10 @@ def test_display_socket_replaced_while_command_waits(spawn) -> None:
     with GpuDisplay(outputs=[MODE]) as first, GpuDisplay(outputs=[MODE]) as second:
         drv = open_gpu(fe, first)
         first.hold_replies()
+        before = len(first.of_type(W.VHOST_USER_GPU_GET_DISPLAY_INFO))
         head = drv.ctrl.add([hdr(W.VIRTIO_GPU_CMD_GET_DISPLAY_INFO, FENCE, fence_id=5)], [W.RESP_DISPLAY_INFO_SIZE])
         drv.ctrl.kick()
-        _asked(first, W.VHOST_USER_GPU_GET_DISPLAY_INFO, 1)
+        _asked(first, W.VHOST_USER_GPU_GET_DISPLAY_INFO, 1, before)
         second.attach(fe)
         (used,) = drv.ctrl.wait_used(1)
         assert used.head == head
