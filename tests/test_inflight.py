@@ -57,10 +57,11 @@ def _check_answer(data: bytes, which: str, rtype: int, fence_id: int) -> None:
 
 
 def _asked(display: GpuDisplay, request: int, n: int, before: int) -> None:
-    """Wait until the display was asked *n* more times than the *before* it had been asked
-    when it began holding replies: earlier asks (the driver's own GET_DISPLAY_INFO at set-up)
+    """Wait until the display has been asked *n* times since it began holding replies, when it
+    had been asked *before* times: earlier asks (the driver's own GET_DISPLAY_INFO at set-up)
     must not count, or the wait ends before the ask it is for."""
-    assert display.wait_for(lambda: len(display.of_type(request)) >= before + n), f"display was not asked {n} times"
+    ok = display.wait_for(lambda: len(display.of_type(request)) >= before + n)
+    assert ok, f"display was not asked {n} times after holding its replies"
 
 
 @pytest.mark.parametrize("which", sorted(COMMANDS))
