@@ -80,3 +80,60 @@ def test_the_compiled_decoder_is_the_one_in_use() -> None:
     flush = W.CTRL_HDR.pack(W.VIRTIO_GPU_CMD_RESOURCE_FLUSH, 1, 7, 2, 0) + W.RESOURCE_FLUSH.pack(1, 2, 3, 4, 5, 0)
     chain, keep = chain_of(flush, [])
     assert K.decode_control(chain) == ((W.VIRTIO_GPU_CMD_RESOURCE_FLUSH, 1, 7, 2, 0), K.ResourceFlush(1, 2, 3, 4, 5, 0))
+
+
+def _recording_tables(calls: list) -> tuple[dict, dict]:
+    """Handlers that record how they were called: the fixed-size commands but GET_DISPLAY_INFO
+    and GET_EDID, ATTACH_BACKING and what is unsupported take their fields; those two ask
+    (command, header, chain) and answer with a Reply, bytes or something else by field count."""
+
+    def plain(cls: type):  # noqa: ANN202
+        def handler(*fields: object) -> K.Reply:
+            calls.append((cls.__name__, fields))
+            return K.Reply(0x1100 + len(fields), bytes(len(fields)))
+
+        return handler
+
+    def asking(command: tuple, hdr: tuple, chain: object) -> object:
+        calls.append((type(command).__name__, tuple(command), hdr))
+        return (K.OK_NODATA, b"as it is", "PENDING")[hdr[4] % 3]
+
+    classes = [cls for _, cls in K.CONTROL_LAYOUTS.values()] + [K.AttachBacking, K.Unsupported]
+    handlers = {cls: plain(cls) for cls in classes if cls not in (K.GetDisplayInfo, K.GetEdid)}
+    return handlers, {K.GetDisplayInfo: asking, K.GetEdid: asking}
+
+
+@SETTINGS
+@given(commands())
+def test_the_twins_handle_every_command_alike(cmd: tuple[bytes, list[int]]) -> None:
+    """The control queue's handler, compiled and pure: the same response, the same handler
+    called with the same values, the batch begun once."""
+    data, cuts = cmd
+    out = []
+    for cls in (_commands.ControlHandler, K.ControlHandler_py):
+        calls: list = []
+        handler = cls(*_recording_tables(calls), lambda calls=calls: calls.append("begin"))
+        chain, keep = chain_of(data, cuts)
+        first = handler(chain)
+        chain, keep = chain_of(data, cuts)
+        second = handler(chain)
+        assert handler.in_batch
+        out.append((first, second, calls))
+    assert out[0] == out[1]
+    assert out[0][2].count("begin") == 1
+
+
+def test_the_control_handler_reads_a_chain_of_any_type() -> None:
+    """A chain that is not the compiled ring's (the pure ring's) is read through its API."""
+    from vhostsuite.core import _ring_py
+
+    flush = W.CTRL_HDR.pack(W.VIRTIO_GPU_CMD_RESOURCE_FLUSH, W.VIRTIO_GPU_FLAG_FENCE, 7, 2, 0)
+    flush += W.RESOURCE_FLUSH.pack(1, 2, 3, 4, 5, 0)
+    g = GuestRing(8)
+    g.add_chain([flush[:10], flush[10:]], [24])
+    chain = g.queue(_ring_py.Virtqueue).pop()
+    calls: list = []
+    handler = _commands.ControlHandler(*_recording_tables(calls), lambda: None)
+    response = handler(chain)
+    assert calls == [("ResourceFlush", (1, 2, 3, 4, 5, 0))]
+    assert response == W.CTRL_HDR.pack(0x1106, W.VIRTIO_GPU_FLAG_FENCE, 7, 2, 0) + bytes(6)

@@ -1,8 +1,10 @@
 # cython: language_level=3
-"""The compiled twins of :func:`.commands.decode_control` and :func:`.commands.encode`: the
-header and the body of a fixed-size control command read straight from the bytes the chain
-gave, into the same typed values, with no ``struct`` call and no lookup but one table index;
-the response header written straight into the response. Every control command comes this way.
+"""The compiled twins of :class:`.commands.ControlHandler`, :func:`.commands.decode_control`
+and :func:`.commands.encode`: the header and the body of a fixed-size control command read
+straight from the chain into the same typed values, with no ``struct`` call and no lookup but
+one table index; the response header written straight into the response. Every control
+command comes this way: the handler gathers the command into a buffer on the stack and builds
+the header tuple only for the handlers that take it.
 
 The layouts are not written here: at import, the ``struct`` formats of ``wire.CTRL_HDR`` and of
 ``commands.CONTROL_LAYOUTS`` (their one home) are turned into a table of field widths and
@@ -16,6 +18,7 @@ from cpython.tuple cimport PyTuple_New, PyTuple_SET_ITEM
 from libc.stdint cimport uint32_t, uint64_t
 from libc.string cimport memcpy, memset
 
+from vhostsuite.core._ring cimport Chain
 from . import commands as K
 from . import wire as W
 
@@ -32,16 +35,23 @@ cdef extern from *:
     static inline PyObject *vhs_tuple_of(PyObject *cls, Py_ssize_t n) {
         return ((PyTypeObject *) cls)->tp_alloc((PyTypeObject *) cls, n);
     }
+    /* f(*t) for a tuple (or an instance of a tuple type) t, without a tuple of arguments. */
+    static inline PyObject *vhs_call_items(PyObject *f, PyObject *t) {
+        return PyObject_Vectorcall(f, ((PyTupleObject *) t)->ob_item, (size_t) PyTuple_GET_SIZE(t), NULL);
+    }
     """
     uint32_t vhs_le32(const unsigned char *p) nogil
     uint64_t vhs_le64(const unsigned char *p) nogil
     void vhs_put32(unsigned char *p, uint32_t v) nogil
     void vhs_put64(unsigned char *p, uint64_t v) nogil
     object vhs_tuple_of(object cls, Py_ssize_t n)
+    object vhs_call_items(object f, object t)
 
 DEF MAX_FIELDS = 16
 #: Control command types are 0x01nn (2D) and 0x02nn (3D); the table covers nn < TYPES of both.
 DEF TYPES = 32
+#: The stack buffer a command is gathered into: at least commands.READ_AHEAD (checked at import).
+DEF READ_MAX = 256
 
 cdef struct Layout:
     int size                            # bytes the command needs, header included (0: not in the table)
@@ -57,6 +67,7 @@ cdef list _classes = [None] * (2 * TYPES)
 cdef int _hdr_size = W.CTRL_HDR.size
 cdef Py_ssize_t _read_ahead = K.READ_AHEAD
 cdef object _decode_other = K.decode_other
+cdef object _Reply = K.Reply
 cdef tuple _no_header = K.NO_HEADER
 cdef object _bad = K.ERR_INVALID_PARAMETER
 cdef object _ok_nodata = K.OK_NODATA
@@ -125,6 +136,8 @@ def _build() -> None:
     _compile(&_header, W.CTRL_HDR.format, 0)
     if _header.size != _hdr_size:
         raise ValueError("the header layout and its size disagree")
+    if not 0 < _read_ahead <= READ_MAX:
+        raise ValueError(f"commands.READ_AHEAD ({_read_ahead}) does not fit the {READ_MAX}-byte buffer")
     cdef Layout *lay
     for ctype, (layout, cls) in K.CONTROL_LAYOUTS.items():
         kind, index = (ctype >> 8) - 1, ctype & 0xFF
@@ -169,11 +182,19 @@ cdef inline void _put(const Layout *lay, int i, unsigned char *p, uint64_t v) no
         p[lay.offset[i]] = <unsigned char> v
 
 
-def encode(hdr, reply) -> bytes:
-    """The response bytes: header (fence and ring index echoed when fenced) and body (as the pure twin)."""
-    cdef uint32_t flags = hdr[1]  # HDR_FLAGS
-    if not flags & _FENCE and reply is _ok_nodata:
-        return _nodata_bytes
+cdef bytes _encode(const unsigned char *h, object reply):
+    """The response to the command whose header is at *h* (its wire bytes)."""
+    cdef uint32_t flags = vhs_le32(h + _header.offset[1])  # HDR_FLAGS
+    if not flags & _FENCE:
+        if reply is _ok_nodata:
+            return _nodata_bytes
+        return _response(reply, 0, 0, 0, 0)
+    return _response(reply, flags, vhs_le64(h + _header.offset[2]), vhs_le32(h + _header.offset[3]),
+                     h[_header.offset[4]])
+
+
+cdef bytes _response(object reply, uint32_t flags, uint64_t fence_id, uint32_t ctx_id, uint32_t ring_idx):
+    """The response bytes for *reply*, echoing the fence fields when *flags* has FENCE."""
     body = reply[1]
     if type(body) is not bytes:
         body = bytes(body)
@@ -186,8 +207,80 @@ def encode(hdr, reply) -> bytes:
     if flags & _FENCE:
         ring = flags & _RING_IDX
         _put(&_header, 1, p, _FENCE | ring)
-        _put(&_header, 2, p, <uint64_t> hdr[2])
-        _put(&_header, 3, p, <uint32_t> hdr[3])
-        _put(&_header, 4, p, <unsigned char> hdr[4] if ring else 0)
+        _put(&_header, 2, p, fence_id)
+        _put(&_header, 3, p, ctx_id)
+        _put(&_header, 4, p, ring_idx if ring else 0)
     memcpy(p + _hdr_size, PyBytes_AS_STRING(<bytes> body), n)
     return out
+
+
+def encode(hdr, reply) -> bytes:
+    """The response bytes: header (fence and ring index echoed when fenced) and body (as the pure twin)."""
+    cdef uint32_t flags = hdr[1]  # HDR_FLAGS
+    if not flags & _FENCE:
+        if reply is _ok_nodata:
+            return _nodata_bytes
+        return _response(reply, 0, 0, 0, 0)
+    return _response(reply, flags, <uint64_t> hdr[2], <uint32_t> hdr[3], <unsigned char> hdr[4])
+
+
+cdef class ControlHandler:
+    """The control queue's handler (the core calls it with each chain): the command decoded
+    once, handed to the handler its type has, and the reply encoded; as the pure twin
+    :class:`.commands.ControlHandler`, whose docstring says what it takes."""
+
+    cdef public bint in_batch
+    cdef object _begin
+    cdef list _by_index     # [2 * TYPES]: the handler of each command type in the table, or None
+    cdef dict _handlers     # command type (class) -> handler(*command)
+    cdef dict _asking       # command type (class) -> handler(command, header, chain)
+
+    def __init__(self, dict handlers, dict asking, begin):
+        self.in_batch = False
+        self._begin = begin
+        self._handlers = handlers
+        self._asking = asking
+        self._by_index = [None if cls is None else handlers.get(cls) for cls in _classes]
+
+    def __call__(self, chain):
+        cdef unsigned char buf[READ_MAX]
+        cdef Py_ssize_t n
+        cdef Chain c
+        if not self.in_batch:
+            self.in_batch = True
+            self._begin()
+        if type(chain) is Chain:  # the compiled ring's: gathered straight into buf
+            c = <Chain> chain
+            n = c.read_size if c.read_size < c._rtotal else c._rtotal
+            n = c._gather(<char *> buf, n if n < _read_ahead else _read_ahead, 0) if n > 0 else 0
+        else:
+            raw = chain.read(_read_ahead)
+            n = len(raw)
+            if n > _read_ahead:
+                raise ValueError(f"the chain gave {n} bytes for a read of {_read_ahead}")
+            memcpy(buf, <const char *> raw, n)
+        if n < _hdr_size:
+            return _response(_bad, 0, 0, 0, 0)
+        cdef uint32_t ctype = vhs_le32(buf)
+        cdef Layout *lay = _lookup(ctype)
+        cdef Py_ssize_t index
+        if lay != NULL:
+            if n < lay.size:
+                return _encode(buf, _bad)
+            index = ((ctype >> 8) - 1) * TYPES + (ctype & 0xFF)
+            handler = self._by_index[index]
+            if handler is not None:  # the fields as a plain tuple (its free list), passed as they are
+                return _encode(buf, vhs_call_items(handler, _fields(lay, buf + _hdr_size)))
+            cmd = _fields(lay, buf + _hdr_size, _classes[index])
+            hdr = _fields(&_header, buf)
+        else:
+            hdr = _fields(&_header, buf)
+            cmd = _decode_other(chain, PyBytes_FromStringAndSize(<char *> buf, n), hdr)
+            if type(cmd) is _Reply:  # what could not be decoded
+                return _encode(buf, cmd)
+            handler = self._handlers.get(type(cmd))
+            if handler is not None:
+                return _encode(buf, vhs_call_items(handler, cmd))
+        # a Reply to encode, or what the core takes (PENDING, or bytes the 3D path encoded)
+        reply = self._asking[type(cmd)](cmd, hdr, chain)
+        return _encode(buf, reply) if type(reply) is _Reply else reply

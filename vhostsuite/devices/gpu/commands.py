@@ -16,6 +16,7 @@ fence echoed, every byte set). No cairo and no I/O here.
 from __future__ import annotations
 
 from collections import namedtuple
+from collections.abc import Callable
 
 from ... import NO_EXTENSIONS
 from . import wire as W
@@ -325,15 +326,51 @@ def encode(hdr: Header, reply: Reply) -> bytes:
     return head + reply[1]
 
 
-# The compiled twins of decode_control and encode (_commands.pyx), unless they are missing or
-# VHOSTSUITE_NO_EXTENSIONS is set; the pure ones stay as decode_control_py and encode_py (the
-# tests compare).
+class ControlHandler:
+    """The control queue's handler, as the core calls it: ``handler(chain)`` -> the response.
+
+    The command is decoded once and handed to the handler its type has in *handlers*, which
+    takes the command's fields as its parameters (``handler(*command) -> Reply``: no object per
+    command to unpack again), else in *asking* (``handler(command, header, chain)``, for
+    the commands that need their header or chain: a Reply to encode, or what the core takes
+    as it is: PENDING, or bytes the 3D path encoded); what can't be decoded gets its error
+    Reply. *begin* is called before the first command of a batch; whoever ends the batch sets
+    :attr:`in_batch` back to False. A type in neither table is a bug (KeyError: the core marks
+    the device broken).
+    """
+
+    def __init__(self, handlers: dict[type, Callable[..., Reply]], asking: dict[type, Callable[..., object]],
+                 begin: Callable[[], None]) -> None:  # fmt: skip
+        #: A batch has begun and not yet ended.
+        self.in_batch = False
+        self._begin = begin
+        self._handlers = handlers
+        self._asking = asking
+
+    def __call__(self, chain: Chain) -> object:
+        if not self.in_batch:
+            self.in_batch = True
+            self._begin()
+        hdr, cmd = decode_control_py(chain)
+        handler = self._handlers.get(cmd.__class__)
+        if handler is not None:
+            return encode_py(hdr, handler(*cmd))
+        if cmd.__class__ is Reply:  # what could not be decoded
+            return encode_py(hdr, cmd)
+        reply = self._asking[cmd.__class__](cmd, hdr, chain)
+        return encode_py(hdr, reply) if reply.__class__ is Reply else reply
+
+
+# The compiled twins of ControlHandler, decode_control and encode (_commands.pyx), unless they
+# are missing or VHOSTSUITE_NO_EXTENSIONS is set; the pure ones stay as ControlHandler_py,
+# decode_control_py and encode_py (the tests compare).
 decode_control_py = decode_control
 encode_py = encode
+ControlHandler_py = ControlHandler
 #: Why the compiled decoder could not be used (None: it is in use, or NO_EXTENSIONS asked not to).
 IMPORT_ERROR: str | None = None
 if not NO_EXTENSIONS:
     try:
-        from ._commands import decode_control, encode  # noqa: F811
+        from ._commands import ControlHandler, decode_control, encode  # noqa: F811
     except ImportError as e:  # not built, or built for another interpreter
         IMPORT_ERROR = str(e)

@@ -1,10 +1,11 @@
 """The 2D virtio-gpu device (virtio id 16): its two queues, one dispatch, the display socket.
 
-A control command takes one way: the core pops the chain and calls :meth:`GpuDevice._control`;
-it is decoded once into a typed command (:mod:`.commands`), dispatched by its type to the
-concern that owns it (:mod:`.resources`, :mod:`.scanouts`, the display info and EDID here),
-and its :class:`~.commands.Reply` is encoded once and returned to the core, which writes,
-pushes and notifies. A bad command gets an error response; the device keeps serving.
+A control command takes one way: the core pops the chain and calls the control queue's
+:class:`~.commands.ControlHandler` (compiled); it is decoded once into a typed command
+(:mod:`.commands`), dispatched by its type to the concern that owns it (:mod:`.resources`,
+:mod:`.scanouts`, the display info and EDID here), and its :class:`~.commands.Reply` is
+encoded once and returned to the core, which writes, pushes and notifies. A bad command gets
+an error response; the device keeps serving.
 
 A batch of commands (what the core popped in one go) sends its display messages in one
 system call at the batch's end (``batch_end``), before the guest is told the commands are done.
@@ -51,9 +52,6 @@ CURSOR_QUEUE = 1
 #: batch, not per command.
 SYNC_WAIT = 0.001
 
-# Bound once: every control command goes through them.
-_decode_control = K.decode_control
-_encode = K.encode
 _Reply = K.Reply
 _new = tuple.__new__
 _HDR_SIZE = W.CTRL_HDR.size
@@ -77,18 +75,12 @@ class GpuDevice(Device):
         self.events_read = 0
         #: The display modes body (16 x display_one) QEMU last told us.
         self._display_body: bytes | None = None
-        #: A batch of commands is being handled (display output is held until its end).
-        self._in_batch = False
         #: The GET_DISPLAY_INFO answer of this batch, if one was asked.
         self._batch_display_info: K.Reply | None = None
         #: The display was asked (and waited for) in this batch.
         self._batch_waited = False
-        self.queues = (
-            QueueSpec("control", self._control, serial=True, batch_end=self._batch_end),
-            QueueSpec("cursor", self._cursor, batch_end=self._batch_end),
-        )
         self.requests = {Request.GPU_SET_SOCKET: self._set_socket}
-        #: Command type -> handler(command) -> Reply.
+        #: Command type -> handler(*command) -> Reply: a handler takes the command's fields.
         self._dispatch: dict[type, Callable[..., K.Reply]] = {
             K.ResourceCreate2D: self.resources.create_2d,
             K.ResourceUnref: self.resources.unref,
@@ -116,6 +108,13 @@ class GpuDevice(Device):
             del self._dispatch[K.Unsupported]
             self._asking[K.Unsupported] = self.virgl.command
             self.resources.transfer_3d = self.virgl.transfer_to_host_2d
+        #: The control queue's handler; it knows when a batch begins (display output is held
+        #: from then until the batch's end).
+        self._control = K.ControlHandler(self._dispatch, self._asking, self._begin_batch)
+        self.queues = (
+            QueueSpec("control", self._control, serial=True, batch_end=self._batch_end),
+            QueueSpec("cursor", self._cursor, batch_end=self._batch_end),
+        )
 
     def attach(self, ctx: DeviceContext) -> None:
         super().attach(ctx)
@@ -172,34 +171,19 @@ class GpuDevice(Device):
 
     # -- the queues -----------------------------------------------------------------------
     def _begin_batch(self) -> None:
-        self._in_batch = True
         if self.display is not None:
             self.display.hold_output()
 
     def _batch_end(self) -> None:
-        self._in_batch = False
+        self._control.in_batch = False
         self._batch_display_info = None
         self._batch_waited = False
         if self.display is not None:
             self.display.flush_output()
 
-    def _control(self, chain: Chain) -> Response:
-        if not self._in_batch:  # _begin_batch in place: every command passes here
-            self._in_batch = True
-            if self.display is not None:
-                self.display.hold_output()
-        hdr, cmd = _decode_control(chain)
-        handler = self._dispatch.get(cmd.__class__)
-        if handler is not None:
-            return _encode(hdr, handler(cmd))
-        if cmd.__class__ is _Reply:  # what could not be decoded
-            return _encode(hdr, cmd)
-        # a Reply to encode, or what the core takes (PENDING, or bytes the 3D path encoded)
-        reply = self._asking[cmd.__class__](cmd, hdr, chain)
-        return _encode(hdr, reply) if reply.__class__ is _Reply else reply
-
     def _cursor(self, chain: Chain) -> None:
-        if not self._in_batch:
+        if not self._control.in_batch:
+            self._control.in_batch = True
             self._begin_batch()
         hdr, cmd = K.decode_cursor(chain)
         if type(cmd) is K.UpdateCursor:
@@ -209,8 +193,8 @@ class GpuDevice(Device):
             log.debug("cursor queue: command %s of %d bytes ignored", name, chain.read_size)
         return None
 
-    def _unsupported(self, cmd: K.Unsupported) -> K.Reply:
-        log.debug("unsupported command %s", W.ctrl_type_name(cmd.type))
+    def _unsupported(self, ctype: int) -> K.Reply:
+        log.debug("unsupported command %s", W.ctrl_type_name(ctype))
         return K.ERR_UNSPEC
 
     def queue_stopping(self, index: int) -> None:
@@ -224,8 +208,8 @@ class GpuDevice(Device):
     def memory_removed(self, regions: Sequence[Region]) -> None:
         self.resources.memory_removed(regions, self.ctx.mem)
 
-    def _attach_backing(self, cmd: K.AttachBacking) -> K.Reply:
-        return self.resources.attach_backing(cmd, self.ctx.mem if self.ctx is not None else None)
+    def _attach_backing(self, rid: int, entries: list[tuple[int, int]]) -> K.Reply:
+        return self.resources.attach_backing(rid, entries, self.ctx.mem if self.ctx is not None else None)
 
     def _resource_destroyed(self, res: Resource) -> None:
         self.scanouts.resource_destroyed(res)

@@ -141,7 +141,7 @@ class Resources:
         #: Called before a resource goes (its scanouts are disabled there).
         self._on_destroy = on_destroy
         #: TRANSFER_TO_HOST_2D of a 3D resource (set when the device serves 3D).
-        self.transfer_3d: Callable[[K.TransferToHost2D, Resource], K.Reply] | None = None
+        self.transfer_3d: Callable[[int, int, int, int, int, Resource], K.Reply] | None = None
 
     def fits(self, size: int) -> bool:
         return self.hostmem + self.reserved + size <= self.max_hostmem
@@ -161,19 +161,18 @@ class Resources:
     def get(self, rid: int) -> Resource | None:
         return self.by_id.get(rid)
 
-    def create_2d(self, cmd: K.ResourceCreate2D) -> K.Reply:
-        rid = cmd.resource_id
+    def create_2d(self, rid: int, format: int, width: int, height: int) -> K.Reply:
         if rid == 0 or rid in self.by_id:
             return K.ERR_INVALID_RESOURCE_ID
-        if cmd.format not in W.FORMATS or cmd.width == 0 or cmd.height == 0:
+        if format not in W.FORMATS or width == 0 or height == 0:
             return K.ERR_INVALID_PARAMETER
-        size = cmd.width * cmd.height * W.BYTES_PER_PIXEL + RESOURCE_COST
+        size = width * height * W.BYTES_PER_PIXEL + RESOURCE_COST
         if not self.fits(size):
             guest_log.warn("max-hostmem", "resource %d of %d bytes: over --max-hostmem (%d of %d in use)", rid, size,
                            self.hostmem + self.reserved, self.max_hostmem)
             return K.ERR_OUT_OF_MEMORY
         try:
-            res = Resource(rid, cmd.format, cmd.width, cmd.height)
+            res = Resource(rid, format, width, height)
         except (MemoryError, OSError) as e:  # OSError: mmap's ENOMEM (memory, or vm.max_map_count)
             guest_log.warn("max-hostmem", "resource %d of %d bytes: the host has no memory for it (%s)", rid, size, e)
             return K.ERR_OUT_OF_MEMORY
@@ -181,8 +180,8 @@ class Resources:
         self.hostmem += size
         return K.OK_NODATA
 
-    def unref(self, cmd: K.ResourceUnref) -> K.Reply:
-        res = self.by_id.get(cmd.resource_id)
+    def unref(self, rid: int, padding: int = 0) -> K.Reply:
+        res = self.by_id.get(rid)
         if res is None:
             return K.ERR_INVALID_RESOURCE_ID
         self.destroy(res)
@@ -201,18 +200,19 @@ class Resources:
             self.destroy(res)
         self.hostmem = 0
 
-    def attach_backing(self, cmd: K.AttachBacking, mem: GuestMemory | None) -> K.Reply:
-        res = self.by_id.get(cmd.resource_id)
+    def attach_backing(self, rid: int, entries: list[tuple[int, int]], mem: GuestMemory | None) -> K.Reply:
+        """*entries*: (guest address, length) of each backing entry, in order."""
+        res = self.by_id.get(rid)
         if res is None:
             return K.ERR_INVALID_RESOURCE_ID
         if res.backing is not None or mem is None:
             return K.ERR_UNSPEC
-        cost = len(cmd.entries) * BACKING_ENTRY_COST
+        cost = len(entries) * BACKING_ENTRY_COST
         if not self.fits(cost):
             return K.ERR_OUT_OF_MEMORY
         # merge physically contiguous entries: fewer pieces to walk on every transfer
         runs: list[tuple[int, int]] = []
-        for addr, length in cmd.entries:
+        for addr, length in entries:
             if not length:
                 continue
             if runs and runs[-1][0] + runs[-1][1] == addr:
@@ -228,8 +228,8 @@ class Resources:
         self.hostmem += cost
         return K.OK_NODATA
 
-    def detach_backing(self, cmd: K.DetachBacking) -> K.Reply:
-        res = self.by_id.get(cmd.resource_id)
+    def detach_backing(self, rid: int, padding: int = 0) -> K.Reply:
+        res = self.by_id.get(rid)
         if res is None or res.backing is None:
             return K.ERR_INVALID_RESOURCE_ID
         self.hostmem -= res.backing_cost
@@ -255,15 +255,16 @@ class Resources:
             log.info("%d resource backings were in memory the front-end removed and are detached (first: %s)",
                      len(detached), detached[:8])  # fmt: skip
 
-    def transfer_to_host_2d(self, cmd: K.TransferToHost2D) -> K.Reply:
-        x, y, w, h, offset, rid, _ = cmd
+    def transfer_to_host_2d(self, x: int, y: int, w: int, h: int, offset: int, rid: int, padding: int = 0) -> K.Reply:
         res = self.by_id.get(rid)
         if res is None or res.backing is None:
             return K.ERR_INVALID_RESOURCE_ID
         if not res.contains(x, y, w, h):
             return K.ERR_INVALID_PARAMETER
         if res.three_d:
-            return self.transfer_3d(cmd, res) if self.transfer_3d is not None else K.ERR_INVALID_RESOURCE_ID
+            if self.transfer_3d is None:
+                return K.ERR_INVALID_RESOURCE_ID
+            return self.transfer_3d(x, y, w, h, offset, res)
         if w == 0 or h == 0:
             return K.OK_NODATA
         stride = res.stride

@@ -69,8 +69,7 @@ class Scanouts:
         for sid in sorted(res.scanouts):
             self.disable(sid)
 
-    def set_scanout(self, cmd: K.SetScanout) -> K.Reply:
-        sid, rid = cmd.scanout_id, cmd.resource_id
+    def set_scanout(self, x: int, y: int, w: int, h: int, sid: int, rid: int) -> K.Reply:
         if sid >= W.VIRTIO_GPU_MAX_SCANOUTS:
             return K.ERR_INVALID_SCANOUT_ID
         if rid == 0:
@@ -79,7 +78,6 @@ class Scanouts:
         res = self.resources.get(rid)
         if res is None:
             return K.ERR_INVALID_RESOURCE_ID
-        x, y, w, h = cmd.x, cmd.y, cmd.width, cmd.height
         if w == 0 or h == 0 or not res.contains(x, y, w, h):
             return K.ERR_INVALID_PARAMETER
         if res.three_d:
@@ -96,8 +94,7 @@ class Scanouts:
         self._announce(sid, sc)
         return K.OK_NODATA
 
-    def flush(self, cmd: K.ResourceFlush) -> K.Reply:
-        x, y, w, h, rid, _ = cmd
+    def flush(self, x: int, y: int, w: int, h: int, rid: int, padding: int = 0) -> K.Reply:
         res = self.resources.by_id.get(rid)
         if res is None:
             return K.ERR_INVALID_RESOURCE_ID

@@ -395,12 +395,11 @@ class Virgl:
     def transfer_from_host_3d(self, cmd: K.TransferFromHost3D, hdr: K.Header) -> K.Reply:
         return self._transfer(cmd, hdr, True)
 
-    def transfer_to_host_2d(self, cmd: K.TransferToHost2D, res: Resource3D) -> K.Reply:
+    def transfer_to_host_2d(self, x: int, y: int, w: int, h: int, offset: int, res: Resource3D) -> K.Reply:
         """TRANSFER_TO_HOST_2D on a 3D resource: its backing into the texture, as QEMU does."""
-        x, y, w, h, offset, rid, _ = cmd
         if res.iov is None:
             return K.ERR_INVALID_RESOURCE_ID
-        if self.r.transfer_write(rid, 0, 0, 0, 0, (x, y, 0, w, h, 1), offset) != 0:
+        if self.r.transfer_write(res.id, 0, 0, 0, 0, (x, y, 0, w, h, 1), offset) != 0:
             return K.ERR_INVALID_PARAMETER
         return K.OK_NODATA
 
