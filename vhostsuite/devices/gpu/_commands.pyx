@@ -13,6 +13,7 @@ offsets. Commands outside the table (ATTACH_BACKING, the rest) go on to
 """
 
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize
+from cpython.object cimport PyObject
 from cpython.ref cimport Py_INCREF
 from cpython.tuple cimport PyTuple_New, PyTuple_SET_ITEM
 from libc.stdint cimport uint32_t, uint64_t
@@ -39,6 +40,13 @@ cdef extern from *:
     static inline PyObject *vhs_call_items(PyObject *f, PyObject *t) {
         return PyObject_Vectorcall(f, ((PyTupleObject *) t)->ob_item, (size_t) PyTuple_GET_SIZE(t), NULL);
     }
+    /* f(*args) for args[0:n], new references, which it releases. */
+    static inline PyObject *vhs_call_stolen(PyObject *f, PyObject **args, Py_ssize_t n) {
+        PyObject *r = PyObject_Vectorcall(f, args, (size_t) n, NULL);
+        for (Py_ssize_t i = 0; i < n; i++)
+            Py_DECREF(args[i]);
+        return r;
+    }
     """
     uint32_t vhs_le32(const unsigned char *p) nogil
     uint64_t vhs_le64(const unsigned char *p) nogil
@@ -46,6 +54,7 @@ cdef extern from *:
     void vhs_put64(unsigned char *p, uint64_t v) nogil
     object vhs_tuple_of(object cls, Py_ssize_t n)
     object vhs_call_items(object f, object t)
+    object vhs_call_stolen(object f, PyObject **args, Py_ssize_t n)
 
 DEF MAX_FIELDS = 16
 #: Control command types are 0x01nn (2D) and 0x02nn (3D); the table covers nn < TYPES of both.
@@ -115,21 +124,36 @@ cdef Layout *_lookup(uint32_t ctype) noexcept:
     return lay if lay.size else NULL
 
 
+cdef inline object _field(const Layout *lay, int i, const unsigned char *p):
+    if lay.width[i] == 4:
+        return vhs_le32(p + lay.offset[i])
+    if lay.width[i] == 8:
+        return vhs_le64(p + lay.offset[i])
+    return p[lay.offset[i]]
+
+
 cdef object _fields(const Layout *lay, const unsigned char *p, object cls=None):
     """The fields at *p*, as a tuple, or as an instance of the tuple type *cls*."""
     cdef object t = PyTuple_New(lay.nfields) if cls is None else vhs_tuple_of(cls, lay.nfields)
     cdef object v
     cdef int i
     for i in range(lay.nfields):
-        if lay.width[i] == 4:
-            v = vhs_le32(p + lay.offset[i])
-        elif lay.width[i] == 8:
-            v = vhs_le64(p + lay.offset[i])
-        else:
-            v = p[lay.offset[i]]
+        v = _field(lay, i, p)
         Py_INCREF(v)  # PyTuple_SET_ITEM steals a reference
         PyTuple_SET_ITEM(t, i, v)
     return t
+
+
+cdef object _call_with_fields(object handler, const Layout *lay, const unsigned char *p):
+    """``handler(*fields at p)``, the fields passed as they are made: no tuple."""
+    cdef PyObject *args[MAX_FIELDS]
+    cdef object v
+    cdef int i
+    for i in range(lay.nfields):
+        v = _field(lay, i, p)
+        Py_INCREF(v)  # a reference args owns; vhs_call_stolen releases it
+        args[i] = <PyObject *> v
+    return vhs_call_stolen(handler, args, lay.nfields)
 
 
 def _build() -> None:
@@ -242,7 +266,7 @@ cdef class ControlHandler:
         self._asking = asking
         self._by_index = [None if cls is None else handlers.get(cls) for cls in _classes]
 
-    def __call__(self, chain):
+    def handle(self, chain):
         cdef unsigned char buf[READ_MAX]
         cdef Py_ssize_t n
         cdef Chain c
@@ -269,8 +293,8 @@ cdef class ControlHandler:
                 return _encode(buf, _bad)
             index = ((ctype >> 8) - 1) * TYPES + (ctype & 0xFF)
             handler = self._by_index[index]
-            if handler is not None:  # the fields as a plain tuple (its free list), passed as they are
-                return _encode(buf, vhs_call_items(handler, _fields(lay, buf + _hdr_size)))
+            if handler is not None:
+                return _encode(buf, _call_with_fields(handler, lay, buf + _hdr_size))
             cmd = _fields(lay, buf + _hdr_size, _classes[index])
             hdr = _fields(&_header, buf)
         else:

@@ -327,7 +327,7 @@ def encode(hdr: Header, reply: Reply) -> bytes:
 
 
 class ControlHandler:
-    """The control queue's handler, as the core calls it: ``handler(chain)`` -> the response.
+    """The control queue's handler: the core calls :meth:`handle` with each chain.
 
     The command is decoded once and handed to the handler its type has in *handlers*, which
     takes the command's fields as its parameters (``handler(*command) -> Reply``: no object per
@@ -347,7 +347,9 @@ class ControlHandler:
         self._handlers = handlers
         self._asking = asking
 
-    def __call__(self, chain: Chain) -> object:
+    def handle(self, chain: Chain) -> object:
+        """The response to the command in *chain* (a method, not ``__call__``: a compiled
+        class's ``__call__`` is called through a tuple of arguments, a method is not)."""
         if not self.in_batch:
             self.in_batch = True
             self._begin()

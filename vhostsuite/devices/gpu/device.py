@@ -112,7 +112,7 @@ class GpuDevice(Device):
         #: from then until the batch's end).
         self._control = K.ControlHandler(self._dispatch, self._asking, self._begin_batch)
         self.queues = (
-            QueueSpec("control", self._control, serial=True, batch_end=self._batch_end),
+            QueueSpec("control", self._control.handle, serial=True, batch_end=self._batch_end),
             QueueSpec("cursor", self._cursor, batch_end=self._batch_end),
         )
 
