@@ -225,13 +225,19 @@ class GpuDevice(Device):
         reply = ask(wait)
         if reply is not PENDING:
             return answer(reply)
+        self.display.on_late(self._late(answer, hdr, chain))
+        return PENDING
+
+    def _late(self, answer: Callable[[bytes | None], K.Reply], hdr: K.Header, chain: Chain
+              ) -> Callable[[bytes | None], None]:  # fmt: skip
+        """What completes *chain* when the display's answer comes late. (A function of its own:
+        a closure made in :meth:`_ask` would cost every question its cells.)"""
 
         def late(reply: bytes | None) -> None:
             # False when the ring stopped meanwhile: the command is popped again and asks again.
             self.ctx.complete(CONTROL_QUEUE, chain, K.encode(hdr, answer(reply)))
 
-        self.display.on_late(late)
-        return PENDING
+        return late
 
     def _get_display_info(self, cmd: K.GetDisplayInfo, hdr: K.Header, chain: Chain) -> Response:
         reply = self._batch_display_info

@@ -500,9 +500,14 @@ class DisplayChannel:
             w = self._send_request(request, payload, reply_size, _ignore)
             if w is None:
                 return None
-        w.timer = self.loop.call_later(self.timeout, lambda: self._timed_out(request))
+        self._time_out_later(w, request)
         self._left = w
         return PENDING
+
+    def _time_out_later(self, w: _Waiter, request: int) -> None:
+        """*w*'s timer. (A function of its own: a closure made in :meth:`ask` would cost every
+        question its cells, late or not.)"""
+        w.timer = self.loop.call_later(self.timeout, lambda: self._timed_out(request))
 
     def on_late(self, callback: ReplyCallback) -> None:
         """Where the reply to the question :meth:`ask` just left PENDING goes (None on a
