@@ -11,6 +11,7 @@ import os
 import select
 import socket
 import struct
+import time
 from pathlib import Path
 
 import pytest
@@ -249,3 +250,45 @@ def test_disconnect_in_the_middle_of_a_header(spawn):
     fe.sock.sendall(P.HEADER.pack(P.Request.GET_FEATURES, 1, 0)[:5])
     fe.sock.shutdown(socket.SHUT_RDWR)
     assert be.wait() == 0
+
+
+@pytest.mark.parametrize("which", ["call", "err"])
+def test_an_interrupt_fd_nobody_reads_does_not_stall_the_back_end(spawn, which):
+    """A front-end may hand over a pipe it never reads as a call (or err) fd: once the pipe is
+    full a blocking write would stop the back-end for good. Interrupts are sent without
+    blocking (one already waiting says as much), and the guest and the front-end are served."""
+    import fcntl
+
+    be, fe = spawn(RNG)
+    fe.initialize()
+    r, w = os.pipe()  # blocking, as a careless or hostile front-end may leave it
+    fcntl.fcntl(w, fcntl.F_SETPIPE_SZ, 4096)  # full after 512 interrupts
+    request = P.Request.SET_VRING_CALL if which == "call" else P.Request.SET_VRING_ERR
+    try:
+        if which == "call":  # an interrupt for each request
+            (q,) = fe.start([16])
+            fe.call(request, P.U64.pack(0), [w])
+            for _ in range(600):
+                q.add([], [8])
+                q.kick()
+                deadline = time.monotonic() + 5
+                while not q.poll_used():
+                    assert time.monotonic() < deadline, "the back-end stopped answering the guest"
+                    time.sleep(0.0002)
+        for _ in range(600 if which == "err" else 0):  # a ring error in each round, on the err fd
+            (q,) = fe.start([16])
+            fe.call(request, P.U64.pack(0), [w])
+            q.write_desc(0, fe.ram.alloc(8), 8, W | N, 0)  # a self-loop
+            q.publish(0)
+            q.kick()
+            deadline = time.monotonic() + 5
+            while not fe.get_status() & VIRTIO_CONFIG_S_NEEDS_RESET:
+                assert time.monotonic() < deadline, "the back-end stopped reporting ring errors"
+            fe.stop()
+            q.close()
+        fe.sock.settimeout(5)
+        assert fe.get_features()
+        assert be.proc.poll() is None, be.stderr()[-2000:]
+    finally:
+        os.close(r)
+        os.close(w)

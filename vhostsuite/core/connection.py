@@ -512,6 +512,9 @@ class Connection:
 
     def set_vring_call(self, payload: bytes, fds: list[int]) -> None:
         ring, fd = self._vring_fd(payload, fds, "SET_VRING_CALL")
+        if fd is not None:
+            # Never block on an interrupt: a full one (a pipe nobody reads) is one already waiting.
+            os.set_blocking(fd, False)
         if ring.call_fd is not None:
             close_fds([ring.call_fd])
         ring.call_fd = fd
@@ -520,6 +523,8 @@ class Connection:
 
     def set_vring_err(self, payload: bytes, fds: list[int]) -> None:
         ring, fd = self._vring_fd(payload, fds, "SET_VRING_ERR")
+        if fd is not None:
+            os.set_blocking(fd, False)  # as the call fd
         if ring.err_fd is not None:
             close_fds([ring.err_fd])
         ring.err_fd = fd
