@@ -180,3 +180,34 @@ def test_a_loop_without_poll_max_never_spins() -> None:
     loop.close()
     a.close()
     b.close()
+
+
+def test_an_edge_triggered_eventfd_is_an_event_per_write_without_reads() -> None:
+    """A kick: each write to the eventfd is one callback, though nobody reads it; a level-
+    triggered reader of the same readiness would be called at every turn."""
+    loop = Loop()
+    edge, level = os.eventfd(0, os.EFD_NONBLOCK), os.eventfd(0, os.EFD_NONBLOCK)
+    seen: list[str] = []
+    loop.add_reader(edge, lambda: seen.append("edge"), edge=True)
+    loop.add_reader(level, lambda: seen.append("level"))
+    os.eventfd_write(edge, 1)
+    os.eventfd_write(level, 1)
+    run_turns(loop, 3)
+    assert seen.count("edge") == 1 and seen.count("level") == 3
+    for _ in range(2):  # each write again, the counter never emptied
+        os.eventfd_write(edge, 1)
+        seen.clear()
+        run_turns(loop, 2)
+        assert seen.count("edge") == 1
+    assert os.eventfd_read(edge) == 3  # never read by the loop
+    with pytest.raises(ValueError, match="level-triggered"):
+        loop.add_reader(level, lambda: None, edge=True)
+    loop.remove_reader(edge)
+    loop.add_reader(edge, lambda: seen.append("again"))  # level-triggered once removed
+    os.eventfd_write(edge, 1)
+    seen.clear()
+    run_turns(loop, 2)
+    assert seen.count("again") == 2
+    loop.close()
+    os.close(edge)
+    os.close(level)
