@@ -254,9 +254,9 @@ def encode(hdr, reply) -> bytes:
 
 
 cdef class ControlHandler:
-    """The control queue's handler (the core calls it with each chain): the command decoded
-    once, handed to the handler its type has, and the reply encoded; as the pure twin
-    :class:`.commands.ControlHandler`, whose docstring says what it takes."""
+    """The control queue's handler (the core calls :meth:`handle` with each chain): the
+    command decoded once, handed to the handler its type has, and the reply encoded; as the
+    pure twin :class:`.commands.ControlHandler`, whose docstring says what it takes."""
 
     cdef public bint in_batch
     cdef object _begin

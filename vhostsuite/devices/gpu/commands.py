@@ -335,8 +335,9 @@ class ControlHandler:
     the commands that need their header or chain: a Reply to encode, or what the core takes
     as it is: PENDING, or bytes the 3D path encoded); what can't be decoded gets its error
     Reply. *begin* is called before the first command of a batch; whoever ends the batch sets
-    :attr:`in_batch` back to False. A type in neither table is a bug (KeyError: the core marks
-    the device broken).
+    :attr:`in_batch` back to False. The tables are not to change once the handler is made (the
+    compiled twin indexes *handlers* by command type then). A type in neither table is a bug
+    (KeyError: the core marks the device broken).
     """
 
     def __init__(self, handlers: dict[type, Callable[..., Reply]], asking: dict[type, Callable[..., object]],
