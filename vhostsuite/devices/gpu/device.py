@@ -171,6 +171,7 @@ class GpuDevice(Device):
 
     # -- the queues -----------------------------------------------------------------------
     def _begin_batch(self) -> None:
+        """Display output is held from here to the batch's end (calling it again changes nothing)."""
         if self.display is not None:
             self.display.hold_output()
 
@@ -182,9 +183,7 @@ class GpuDevice(Device):
             self.display.flush_output()
 
     def _cursor(self, chain: Chain) -> None:
-        if not self._control.in_batch:
-            self._control.in_batch = True
-            self._begin_batch()
+        self._begin_batch()
         hdr, cmd = K.decode_cursor(chain)
         if type(cmd) is K.UpdateCursor:
             update_cursor(cmd, self.resources, self.display)
