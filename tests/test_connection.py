@@ -7,6 +7,8 @@ import select
 import signal
 import socket
 import struct
+import subprocess
+import sys
 import threading
 import time
 
@@ -414,6 +416,65 @@ def test_bad_fd_is_a_clear_error(tmp_path, make, expect):
         be.stop()
         if fd != 9999:
             os.close(fd) if keep is None else keep.close()
+
+
+#: A client that waits for a socket file to appear and connects at once, as scripts and QEMU's
+#: reconnect do: prints "refused" if the file existed before anyone listened on it.
+_CONNECT_AS_SOON_AS_IT_APPEARS = r"""
+import socket, sys, time
+path, end = sys.argv[1], time.monotonic() + 10
+while time.monotonic() < end:
+    s = socket.socket(socket.AF_UNIX)
+    try:
+        s.connect(path)
+    except FileNotFoundError:
+        continue
+    except ConnectionRefusedError:
+        print("refused")
+        break
+    finally:
+        s.close()
+    print("connected")
+    break
+"""
+
+
+def test_the_socket_file_appears_only_once_it_listens(tmp_path):
+    """Binding creates the file before listen() makes it connectable; a client racing the two
+    was refused about one time in four. Twenty races, none may be lost."""
+    from vhostsuite.program.unix import listen
+
+    for i in range(20):
+        path = str(tmp_path / f"s{i}.sock")
+        argv = [sys.executable, "-c", _CONNECT_AS_SOON_AS_IT_APPEARS, path]
+        client = subprocess.Popen(argv, stdout=subprocess.PIPE, text=True)
+        time.sleep(0.03)  # the client is spinning by now
+        sock = listen(path)
+        try:
+            assert client.communicate(timeout=15)[0].strip() == "connected", f"race {i}"
+        finally:
+            sock.close()
+        assert sorted(os.listdir(tmp_path)) == [f"s{i}.sock"]  # no hidden sibling left behind
+        os.unlink(path)
+
+
+def test_a_socket_path_with_no_room_for_a_sibling_still_listens(tmp_path):
+    """The hidden sibling's name is longer than the path; where it would not fit in sun_path
+    the socket is bound in place."""
+    from vhostsuite.core.sockets import UNIX_PATH_MAX
+    from vhostsuite.program.unix import listen
+
+    room = UNIX_PATH_MAX - 1 - len(str(tmp_path)) - 1
+    path = str(tmp_path / ("x" * room))
+    assert len(path) == UNIX_PATH_MAX - 1
+    sock = listen(path)
+    try:
+        client = socket.socket(socket.AF_UNIX)
+        client.connect(path)
+        client.close()
+        assert os.listdir(tmp_path) == ["x" * room]
+    finally:
+        sock.close()
 
 
 def test_listening_fd_is_refused(tmp_path):

@@ -26,9 +26,13 @@ from _socket import (
 )
 from _socket import socket as Socket
 
+#: sizeof(sockaddr_un.sun_path), UNIX_PATH_MAX in <linux/un.h>: a path to bind, with its NUL.
+UNIX_PATH_MAX = 108
+
 __all__ = [
     "AF_UNIX", "CMSG_SPACE", "MSG_CMSG_CLOEXEC", "MSG_CTRUNC", "MSG_DONTWAIT", "MSG_PEEK", "SCM_RIGHTS",
-    "SOCK_STREAM", "SOL_SOCKET", "SO_ACCEPTCONN", "SO_SNDBUF", "Socket", "accept", "unix_stream",
+    "SOCK_STREAM", "SOL_SOCKET", "SO_ACCEPTCONN", "SO_SNDBUF", "Socket", "UNIX_PATH_MAX", "accept",
+    "unix_stream",
 ]  # fmt: skip
 
 

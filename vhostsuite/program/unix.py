@@ -7,7 +7,7 @@ import os
 import stat
 
 from ..core.errors import StartupError
-from ..core.sockets import AF_UNIX, SO_ACCEPTCONN, SOCK_STREAM, SOL_SOCKET, Socket, unix_stream
+from ..core.sockets import AF_UNIX, SO_ACCEPTCONN, SOCK_STREAM, SOL_SOCKET, UNIX_PATH_MAX, Socket, unix_stream
 
 
 def socket_from_fd(fd: int) -> Socket:
@@ -50,10 +50,28 @@ def listen(path: str, option: str = "--socket-path", backlog: int = 1) -> Socket
             raise StartupError(f"{opt}: another program is listening there")
         finally:
             probe.close()
+    # The path appears only once the socket listens: a client that waits for the file and then
+    # connects (a script, QEMU's reconnect) must not be refused in the gap between bind() and
+    # listen(). So bind a hidden sibling, listen, then hard-link it into place (EEXIST if
+    # something took the path meanwhile, where rename() would replace it).
+    head, tail = os.path.split(path)
+    hidden = os.path.join(head, f".{tail}.{os.getpid()}")
+    if len(os.fsencode(hidden)) >= UNIX_PATH_MAX:
+        hidden = path  # no room for a sibling's name: bind in place, and the gap stays
     sock = unix_stream()
     try:
-        sock.bind(path)
-        sock.listen(backlog)
+        sock.bind(hidden)
+        if hidden != path:
+            try:
+                sock.listen(backlog)
+                os.link(hidden, path)
+            finally:
+                os.unlink(hidden)
+        else:
+            sock.listen(backlog)
+    except FileExistsError:
+        sock.close()
+        raise StartupError(f"{opt}: another program created it while this one started") from None
     except OSError as e:
         sock.close()
         raise StartupError(f"{opt}: {e.strerror}") from None
