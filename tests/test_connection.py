@@ -358,7 +358,7 @@ def test_sigterm_idle_before_connection(tmp_path):
         be.stop()
 
 
-@pytest.mark.parametrize("args", [[], ["--poll-max-us=1000000"]], ids=["sleeping", "polling"])
+@pytest.mark.parametrize("args", [["--poll-max-us=0"], ["--poll-max-us=1000000"]], ids=["sleeping", "polling"])
 def test_sigterm_connected_and_busy(spawn, tmp_path, args):
     """A loop that polls (its spin grown as long as it goes, by back-to-back messages) ends as fast."""
     be, fe = spawn(RNG, *args)
@@ -490,10 +490,11 @@ def test_listening_fd_is_refused(tmp_path):
         lst.close()
 
 
-def test_a_polling_back_end_that_served_a_quick_guest_sleeps_once_it_is_quiet(spawn):
-    """Adaptive polling spins only while the guest's requests come within --poll-max-us of
-    each other: after a busy stretch, a quiet second costs little CPU."""
-    be, fe = spawn(RNG, "--poll-max-us=1000")
+@pytest.mark.parametrize("args", [[], ["--poll-max-us=1000"]], ids=["default", "1ms"])
+def test_a_polling_back_end_that_served_a_quick_guest_sleeps_once_it_is_quiet(spawn, args):
+    """Adaptive polling (on by default) spins only while the guest's requests come within
+    --poll-max-us of each other: after a busy stretch, a quiet second costs little CPU."""
+    be, fe = spawn(RNG, *args)
     fe.initialize()
     (q,) = fe.start([256])
     for _ in range(300):

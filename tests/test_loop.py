@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import os
 import socket
+import subprocess
+import sys
 import threading
 import time
 
 import pytest
 
-from vhostsuite.core.loop import POLL_START, Loop, next_spin
+from vhostsuite.core.loop import CONTENDED_BACKOFF, POLL_START, Loop, next_spin
 
 
 def run_turns(loop: Loop, turns: int) -> None:
@@ -211,3 +213,35 @@ def test_an_edge_triggered_eventfd_is_an_event_per_write_without_reads() -> None
     loop.close()
     os.close(edge)
     os.close(level)
+
+
+def test_a_spin_gives_way_and_backs_off_from_a_cpu_that_is_busy() -> None:
+    """A spin yields its CPU between looks. Alone on the CPU the yield comes back at once and
+    the spin goes on; with a busy process on the same CPU the yield hands it a scheduler
+    slice, longer than poll_max: spinning is then off for CONTENDED_BACKOFF, and the loop
+    sleeps (a sleeper's wake-up preempts the busy one; a spinner queues behind it)."""
+    if len(os.sched_getaffinity(0)) < 2:
+        pytest.skip("needs two CPUs: one for the test, one to share with a busy process")
+    cpu = min(os.sched_getaffinity(0))
+    mask = os.sched_getaffinity(0)
+    loop = Loop(poll_max=50e-6)
+    os.sched_setaffinity(0, {cpu})
+    try:
+        assert loop.may_spin() == 50e-6
+        alone = [loop.give_way() for _ in range(200)]
+        assert alone.count(True) >= 150, "a yield on a CPU nobody else wants returns at once"
+        busy = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+        try:
+            os.sched_setaffinity(busy.pid, {cpu})
+            time.sleep(0.05)  # it runs on the CPU
+            shared = [loop.give_way() for _ in range(200)]
+        finally:
+            busy.kill()
+            busy.wait()
+        assert False in shared, "a yield to a busy process lasts its slice"
+        assert loop.may_spin() == 0.0 and loop.calm_until <= time.monotonic() + CONTENDED_BACKOFF
+        time.sleep(CONTENDED_BACKOFF)
+        assert loop.may_spin() == 50e-6, "the back-off ends"
+    finally:
+        os.sched_setaffinity(0, mask)
+        loop.close()

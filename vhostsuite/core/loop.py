@@ -17,6 +17,16 @@ spin adapts to how long the waits turn out to be (the rule of QEMU's AioContext 
 within ``poll_max``, doubles it; one longer than ``poll_max`` (the guest is idle, or slower
 than that) drops it to nothing. So a back-end spins only while its peer answers within
 ``poll_max``, at most ``poll_max`` per wait, and an idle one sleeps.
+
+A spin gives its CPU away between two looks (:func:`os.sched_yield`): where the peer it waits
+for (the guest's vCPU, QEMU's display thread) is runnable on the same CPU, a spin that kept
+the CPU would hold off the very answer it waits for until the scheduler preempted it. With
+the yield, spinning is as fast as sleeping there, and as fast as spinning where the peer has
+a CPU of its own; a CPU nobody else wants returns from the yield at once. A yield that kept
+the loop off its CPU for longer than ``poll_max`` gave it to some busy task, not to a quick
+peer: the CPU is contended, where a spin only queues the loop behind that task while a
+sleeper's wake-up would have preempted it, so the loop then sleeps without spinning for
+:data:`CONTENDED_BACKOFF`.
 """
 
 from __future__ import annotations
@@ -32,6 +42,7 @@ import time
 from _signal import SIG_IGN, SIGINT, SIGPIPE, SIGTERM, signal
 from collections import deque
 from collections.abc import Callable
+from os import sched_yield
 
 
 class Terminate(BaseException):  # noqa: N818 - it is a control-flow signal, not an error
@@ -50,15 +61,18 @@ _IN = select.EPOLLIN
 _OUT = select.EPOLLOUT
 _ET = select.EPOLLET
 
-#: The programs' default ``poll_max`` (``--poll-max-us``), in microseconds: off. Measured on
-#: these shared 2-vCPU machines it helped small GPU commands up to 3x while waking a process
-#: was dear, and cost them up to 2x when the host was overcommitted (a spinning vCPU's time is
-#: stolen from the peer's): a choice for whoever knows the host, as QEMU's poll-max-ns is.
-DEFAULT_POLL_MAX_US = 0
-#: What polls for about the time a Linux guest under KVM takes from our interrupt to its next kick.
-SUGGESTED_POLL_MAX_US = 50
+#: The programs' default ``poll_max`` (``--poll-max-us``), in microseconds: about the time a
+#: Linux guest under KVM takes from our interrupt to its next kick. Polling that yields (above)
+#: measured no slower than sleeping with the front-end on the same vCPU or with every vCPU
+#: busy, and up to twice as fast with the front-end on another vCPU, where every wake-up
+#: crosses CPUs (the README's Benchmarks). QEMU's iothreads poll by default (32 us) for the
+#: same reason. 0 turns it off, for a host where no CPU time may be spent waiting.
+DEFAULT_POLL_MAX_US = 50
 #: The first spin when a wait came within ``poll_max`` (a few epoll calls' worth).
 POLL_START = 4e-6
+#: Seconds without spinning after a spin's yield found the CPU contended (see above): long
+#: enough that the time lost to finding out again (one scheduler slice, ~1 ms) is a few percent.
+CONTENDED_BACKOFF = 0.1
 
 
 def next_spin(spin: float, waited: float, poll_max: float) -> float:
@@ -80,6 +94,8 @@ class Loop:
         self.poll_max = poll_max
         #: The current spin (see the module's docstring).
         self.spin = 0.0
+        #: No spinning before this time (monotonic): the CPU was found contended.
+        self.calm_until = 0.0
         #: fd -> [reader, writer]: one registration per fd.
         self._handlers: dict[int, list[Callable[[], None] | None]] = {}
         #: The fds whose readiness is reported once per change (EPOLLET).
@@ -243,10 +259,10 @@ class Loop:
         if ready:
             return ready  # waited no time: the spin stays
         t0 = time.monotonic()
-        spin = self.spin
+        spin = self.spin if t0 >= self.calm_until else 0.0
         if spin:
             end = t0 + (spin if timeout < 0 or spin < timeout else timeout)
-            while not ready and time.monotonic() < end:
+            while not ready and time.monotonic() < end and self.give_way():
                 ready = poll(0)
         if not ready:
             if timeout >= 0:
@@ -256,6 +272,21 @@ class Loop:
             ready = poll(timeout)
         self.spin = next_spin(spin, time.monotonic() - t0, self.poll_max)
         return ready
+
+    def give_way(self) -> bool:
+        """A spin's yield of the CPU between two looks (see the module's docstring); False
+        (the spin is over, and spins are off for a while) if it found the CPU contended."""
+        t0 = time.monotonic()
+        sched_yield()
+        now = time.monotonic()
+        if now - t0 > self.poll_max:
+            self.calm_until = now + CONTENDED_BACKOFF
+            return False
+        return True
+
+    def may_spin(self) -> float:
+        """How long a wait starting now may spin: ``poll_max``, or 0 while the CPU is contended."""
+        return self.poll_max if time.monotonic() >= self.calm_until else 0.0
 
     def close(self) -> None:
         self._ep.close()

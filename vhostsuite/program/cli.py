@@ -31,7 +31,7 @@ class UsageError(Exception):
 
 
 def make_parser(prog: str, description: str, epilog: str | None = None) -> Parser:
-    from ..core.loop import DEFAULT_POLL_MAX_US, SUGGESTED_POLL_MAX_US
+    from ..core.loop import DEFAULT_POLL_MAX_US
     from .options import Parser
 
     p = Parser(prog, description, epilog)
@@ -50,8 +50,8 @@ def make_parser(prog: str, description: str, epilog: str | None = None) -> Parse
         metavar="USEC",
         type=microseconds,
         default=DEFAULT_POLL_MAX_US,
-        help=f"before sleeping, poll for the guest's next request for up to USEC microseconds, adapting to how "
-        f"soon it comes (e.g. {SUGGESTED_POLL_MAX_US}); 0: never (default {DEFAULT_POLL_MAX_US})",
+        help="before sleeping, poll for the guest's next request for up to USEC microseconds, adapting to how "
+        f"soon it comes, so that an idle back-end sleeps; 0: never (default {DEFAULT_POLL_MAX_US})",
     )
     p.add_argument("-v", "--verbose", action="count", help="more logging on stderr (-vv: debug)")
     p.add_argument("-q", "--quiet", action="store_true", help="log errors only")

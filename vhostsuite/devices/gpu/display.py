@@ -517,24 +517,25 @@ class DisplayChannel:
 
     def _wait_reply(self, request: int, reply_size: int, wait: float) -> bytes | None | object:
         """Read the display for up to *wait* seconds, spinning the first of them as long as the
-        loop's ``poll_max`` (``--poll-max-us``: where a sleep and a wake-up cost more than a
-        responsive display's answer takes, spinning saves them; on a host short of CPUs it
-        takes time from the display's side, hence the user's choice, off by default),
-        until the reply to *request* (just sent, nothing of its kind outstanding) comes: its
-        payload, None (a failure), or :data:`_LATE`."""
+        loop's ``poll_max`` (``--poll-max-us``: a sleep and a wake-up cost more than a
+        responsive display's answer takes), giving the CPU away between looks as the loop's
+        spin does (the display thread may be waiting for this very CPU), until the reply to
+        *request* (just sent, nothing of its kind outstanding) comes: its payload, None (a
+        failure), or :data:`_LATE`."""
         if self._poll is None:
             self._poll = select.poll()
             self._poll.register(self.sock.fileno(), select.POLLIN)
         self._question, self._question_size, self._answer = request, reply_size, _LATE
         try:
             now = time.monotonic()
-            limit = self.loop.poll_max
+            limit = self.loop.may_spin()
             spin, deadline = now + (limit if limit < wait else wait), now + wait
             while self._answer is _LATE and not self.closed:
-                if now < spin:  # the reply is near: look without sleeping
+                if now < spin and self.loop.give_way():  # the reply is near: look without sleeping
                     ready = self._poll.poll(0)
                 else:
-                    left = deadline - now
+                    spin = 0.0  # spun out, or the CPU is contended: sleep until the reply comes
+                    left = deadline - time.monotonic()
                     if left <= 0 or not (ready := self._poll.poll(left * 1000)):
                         break
                 if ready:
