@@ -536,6 +536,7 @@ def test_command_line_conventions(tmp_path):
     assert r.returncode == 0 and "vhostsuite" in r.stdout
     r = run("--help")
     assert r.returncode == 0 and "--socket-path" in r.stdout and "--print-capabilities" in r.stdout
+    assert "(default 50)" in " ".join(r.stdout.split()), "polling is on by default, and --help says how long"
     not_a_socket = tmp_path / "file"
     not_a_socket.write_text("")
     r = run(f"--socket-path={not_a_socket}")
