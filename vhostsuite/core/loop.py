@@ -284,10 +284,6 @@ class Loop:
             return False
         return True
 
-    def may_spin(self) -> float:
-        """How long a wait starting now may spin: ``poll_max``, or 0 while the CPU is contended."""
-        return self.poll_max if time.monotonic() >= self.calm_until else 0.0
-
     def close(self) -> None:
         self._ep.close()
         self._handlers.clear()

@@ -528,10 +528,11 @@ class DisplayChannel:
         self._question, self._question_size, self._answer = request, reply_size, _LATE
         try:
             now = time.monotonic()
-            limit = self.loop.may_spin()
+            loop = self.loop
+            limit = loop.poll_max if now >= loop.calm_until else 0.0  # no spin on a contended CPU
             spin, deadline = now + (limit if limit < wait else wait), now + wait
             while self._answer is _LATE and not self.closed:
-                if now < spin and self.loop.give_way():  # the reply is near: look without sleeping
+                if now < spin and loop.give_way():  # the reply is near: look without sleeping
                     ready = self._poll.poll(0)
                 else:
                     spin = 0.0  # spun out, or the CPU is contended: sleep until the reply comes
@@ -622,7 +623,8 @@ class DisplayChannel:
                 return
             if request == self._question:  # what _wait_reply waits for
                 self._question = None
-                self._answer = _fit(request, payload, self._question_size)
+                size = self._question_size
+                self._answer = payload if len(payload) == size else _fit(request, payload, size)
                 return
         log.warning("display: unexpected message %d flags %#x size %d", request, flags, len(payload))
 
