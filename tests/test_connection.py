@@ -422,12 +422,15 @@ def test_bad_fd_is_a_clear_error(tmp_path, make, expect):
 #: reconnect do: prints "refused" if the file existed before anyone listened on it.
 _CONNECT_AS_SOON_AS_IT_APPEARS = r"""
 import socket, sys, time
-path, end = sys.argv[1], time.monotonic() + 10
+path, end, said = sys.argv[1], time.monotonic() + 10, False
 while time.monotonic() < end:
     s = socket.socket(socket.AF_UNIX)
     try:
         s.connect(path)
     except FileNotFoundError:
+        if not said:
+            print("spinning", flush=True)
+            said = True
         continue
     except ConnectionRefusedError:
         print("refused")
@@ -448,7 +451,7 @@ def test_the_socket_file_appears_only_once_it_listens(tmp_path):
         path = str(tmp_path / f"s{i}.sock")
         argv = [sys.executable, "-c", _CONNECT_AS_SOON_AS_IT_APPEARS, path]
         client = subprocess.Popen(argv, stdout=subprocess.PIPE, text=True)
-        time.sleep(0.03)  # the client is spinning by now
+        assert client.stdout.readline() == "spinning\n"
         sock = listen(path)
         try:
             assert client.communicate(timeout=15)[0].strip() == "connected", f"race {i}"
